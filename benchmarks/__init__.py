@@ -1,0 +1,1 @@
+"""Suites, runner, tracking, leaderboards, CLI and the synthetic driving world."""

@@ -1,0 +1,1 @@
+"""Sub-commands of `bench`; each module has `register(subparsers)`."""

@@ -1,0 +1,217 @@
+"""Dataset registry and the shared machinery of the segmentation loaders.
+
+Loaders return numpy arrays (no torch import here, so ``bench data`` stays fast); a torch
+``DataLoader`` accepts them as map-style datasets.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .classes import IGNORE_INDEX
+
+DATASETS: dict[str, type] = {}
+
+
+def register_dataset(name: str) -> Callable[[type], type]:
+    def deco(cls: type) -> type:
+        if name in DATASETS:
+            raise KeyError(f"dataset {name!r} registered twice")
+        cls.name = name
+        DATASETS[name] = cls
+        return cls
+    return deco
+
+
+def get_dataset_class(name: str) -> type:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise KeyError(f"unknown dataset {name!r}; known datasets: "
+                       f"{', '.join(sorted(DATASETS))}") from None
+
+
+def build_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train",
+                  **kwargs):
+    """Instantiate a registered dataset; `root` defaults to $BENCH_DATA."""
+    return get_dataset_class(name)(root=root, split=split, **kwargs)
+
+
+class LayoutError(FileNotFoundError):
+    """A dataset folder or file is missing; the message shows the expected tree."""
+
+
+class PairMismatchError(ValueError):
+    """An image and its label differ in size."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # missing_label | size_mismatch | unreadable
+    message: str
+    files: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"[{self.kind}] {self.message}"
+
+
+def data_root(root: str | os.PathLike | None) -> Path:
+    if root is None:
+        root = os.environ.get("BENCH_DATA")
+        if not root:
+            raise LayoutError("no dataset root given: pass --data-root/--root DIR or set "
+                              "BENCH_DATA")
+    return Path(root).expanduser()
+
+
+def resolve_dataset_root(root, *, name: str, dirname: str, markers: tuple[str, ...],
+                         tree: str) -> Path:
+    """The dataset folder: `root` itself, or `root/dirname` when `root` is the data root
+    that holds every dataset (``--data-root`` / ``$BENCH_DATA``)."""
+    base = data_root(root)
+    if not base.exists():
+        raise LayoutError(f"{name}: root {base} does not exist.\nExpected layout:\n{tree}")
+    if (base / dirname).is_dir() and not any((base / m).is_dir() for m in markers):
+        return base / dirname
+    return base
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise OSError(f"cannot read image {path}")
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
+def read_label(path: Path) -> np.ndarray:
+    lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if lab is None:
+        raise OSError(f"cannot read label {path}")
+    if lab.ndim != 2:
+        raise ValueError(f"label {path} has shape {lab.shape}; expected a single channel")
+    return lab
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels."""
+    with Image.open(path) as im:
+        return im.size
+
+
+class SegmentationDataset:
+    """Base of the semantic-segmentation loaders: a list of (image, label) file pairs.
+
+    Subclasses set ``classes``, ``dirname`` and ``splits`` and implement ``_split_dirs``
+    (folders that must exist), ``_pairs`` and ``_to_train_ids``.
+    """
+
+    name = "?"
+    classes: tuple[str, ...] = ()
+    dirname = ""
+    splits: tuple[str, ...] = ("train", "val")
+    ignore_index = IGNORE_INDEX
+    tree = ""
+    markers: tuple[str, ...] = ()  # sub-folders that identify the dataset folder itself
+
+    def __init__(self, root=None, split: str = "train", skip_bad: bool = False):
+        if split not in self.splits:
+            raise ValueError(f"{self.name}: unknown split {split!r}; known splits: "
+                             f"{', '.join(self.splits)}")
+        self.split = split
+        self.root = self.resolve_root(root)
+        for folder in self._split_dirs(split):
+            if not folder.is_dir():
+                raise LayoutError(self._missing(folder))
+        pairs, problems = self._pairs(split)
+        if skip_bad:
+            problems = problems + self._size_problems(pairs)
+            bad = {p.files[0] for p in problems}
+            pairs = [pr for pr in pairs if str(pr[0]) not in bad]
+        elif problems:
+            listed = "\n  ".join(str(p) for p in problems[:10])
+            more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+            raise LayoutError(f"{self.name} {split}: {len(problems)} problem(s) under "
+                              f"{self.root} (use --skip-bad to skip them):\n  {listed}{more}")
+        self.skipped: list[Problem] = problems
+        self.samples: list[tuple[Path, Path]] = pairs
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @classmethod
+    def resolve_root(cls, root) -> Path:
+        return resolve_dataset_root(root, name=cls.name, dirname=cls.dirname,
+                                    markers=cls.markers, tree=cls.tree)
+
+    def _missing(self, path: Path) -> str:
+        return (f"{self.name}: missing folder {path}\n"
+                f"Expected layout under {self.root}:\n{self.tree}")
+
+    def _split_dirs(self, split: str) -> list[Path]:
+        raise NotImplementedError
+
+    def _pairs(self, split: str) -> tuple[list[tuple[Path, Path | None]], list[Problem]]:
+        raise NotImplementedError
+
+    def _to_train_ids(self, label: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @staticmethod
+    def _match(images: list[Path], label_of: Callable[[Path], Path]):
+        pairs, problems = [], []
+        for img in images:
+            lab = label_of(img)
+            if lab.is_file():
+                pairs.append((img, lab))
+            else:
+                pairs.append((img, None))
+                problems.append(Problem("missing_label", f"no label {lab} for image {img}",
+                                        (str(img), str(lab))))
+        return pairs, problems
+
+    @staticmethod
+    def _size_problems(pairs) -> list[Problem]:
+        problems = []
+        for img, lab in pairs:
+            if lab is None:
+                continue
+            try:
+                a, b = image_size(img), image_size(lab)
+            except OSError as e:
+                problems.append(Problem("unreadable", str(e), (str(img), str(lab))))
+                continue
+            if a != b:
+                problems.append(Problem(
+                    "size_mismatch", f"image {img} is {a[0]}x{a[1]} but label {lab} is "
+                    f"{b[0]}x{b[1]}", (str(img), str(lab))))
+        return problems
+
+    def validate(self) -> list[Problem]:
+        """Problems of the kept samples: unreadable headers and image/label size mismatches.
+        (Missing labels already failed the constructor, or were skipped with skip_bad.)"""
+        return self._size_problems(self.samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_label(self, index: int) -> np.ndarray:
+        """Train-id label map (uint8, 255 = ignore) of sample `index`."""
+        return self._to_train_ids(read_label(self.samples[index][1]))
+
+    def __getitem__(self, index: int) -> dict:
+        img_path, lab_path = self.samples[index]
+        image = read_rgb(img_path)
+        label = self.load_label(index)
+        if image.shape[:2] != label.shape:
+            raise PairMismatchError(
+                f"image {img_path} is {image.shape[1]}x{image.shape[0]} but label {lab_path} "
+                f"is {label.shape[1]}x{label.shape[0]} (use --skip-bad to skip such pairs)")
+        return {"image": image, "label": label, "name": img_path.stem,
+                "image_path": str(img_path)}

@@ -1,0 +1,82 @@
+import csv
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from benchmarks.cli import main
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "data" in out and "demo" in out
+
+
+def test_data_synth_writes_layouts(tmp_path, capsys):
+    assert main(["data", "synth", "--out", str(tmp_path), "--preset", "tiny", "--seed", "2",
+                 "--parts", "cityscapes", "ade20k", "--no-progress"]) == 0
+    assert "SYNTHETIC" in capsys.readouterr().out
+    assert list((tmp_path / "cityscapes" / "gtFine" / "val").glob("*/*_labelIds.png"))
+    assert not (tmp_path / "bdd100k").exists()
+
+
+def test_data_check_ok_and_missing_root(tiny_root, tmp_path, capsys):
+    assert main(["data", "check", "--dataset", "cityscapes", "--root", str(tiny_root)]) == 0
+    out = capsys.readouterr().out
+    assert "cityscapes train: 8 ok, 0 problems" in out
+    assert main(["data", "check", "--dataset", "ade20k", "--root", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "x") in err and "ADEChallengeData2016" in err
+
+
+def test_data_check_reports_every_problem(tiny_root, tmp_path, capsys):
+    root = tmp_path / "bdd100k"
+    shutil.copytree(tiny_root / "bdd100k" / "images" / "10k", root / "images" / "10k")
+    shutil.copytree(tiny_root / "bdd100k" / "labels" / "sem_seg",
+                    root / "labels" / "sem_seg")
+    masks = sorted((root / "labels" / "sem_seg" / "masks" / "train").glob("*.png"))
+    masks[0].unlink()
+    cv2.imwrite(str(masks[1]), np.zeros((5, 5), np.uint8))
+    assert main(["data", "check", "--dataset", "bdd100k", "--root", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "[missing_label]" in out and masks[0].name in out
+    assert "[size_mismatch]" in out and masks[1].name in out
+    assert main(["data", "check", "--dataset", "bdd100k", "--root", str(root),
+                 "--skip-bad"]) == 0
+    assert "6 ok, 2 skipped" in capsys.readouterr().out
+
+
+def test_data_stats_writes_published_columns(tiny_root, tmp_path, capsys):
+    out = tmp_path / "stats.csv"
+    assert main(["data", "stats", "--dataset", "bdd100k", "--root", str(tiny_root),
+                 "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 19 and {r["size_group"] for r in rows} <= {"L", "S"}
+    assert sum(float(r["total_pixel_pct"]) for r in rows) == pytest.approx(100, abs=0.1)
+
+
+def test_unknown_dataset_choice_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "check", "--dataset", "kitti", "--root", "."])
+    assert "cityscapes" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_console_script_demo_end_to_end(tmp_path):
+    """The installed `bench` entry point, as the README runs it (tiny preset here)."""
+    exe = shutil.which("bench") or str(__import__("pathlib").Path(sys.executable).with_name(
+        "bench"))
+    run = subprocess.run([exe, "demo", "--preset", "tiny", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "SYNTHETIC" in run.stdout
+    assert (tmp_path / "stats" / "bdd100k_synthetic_train.csv").is_file()
+    again = subprocess.run([exe, "demo", "--preset", "tiny", "--out", str(tmp_path)],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "reusing" in again.stdout
