@@ -5,7 +5,8 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("benchmarks.commands.data", "benchmarks.commands.demo")
+COMMAND_MODULES = ("benchmarks.commands.data", "benchmarks.commands.readout",
+                   "benchmarks.commands.demo")
 
 
 class UserError(Exception):
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     from readout.datasets.base import LayoutError, PairMismatchError
     try:
         return int(args.func(args) or 0)
-    except (UserError, LayoutError, PairMismatchError, KeyError, ValueError) as e:
+    except (UserError, LayoutError, PairMismatchError, FileNotFoundError, KeyError,
+            ValueError) as e:
         if args.debug:
             raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)

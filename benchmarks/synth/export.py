@@ -64,7 +64,7 @@ def write_cityscapes(world: SyntheticWorld, root: Path, progress=True) -> int:
     to_label_id = cityscapes_train_to_label_ids()
     n = 0
     for split, count in world.preset.images["cityscapes"].items():
-        for i in tqdm(range(count), desc=f"cityscapes {split}", disable=not progress):
+        for i in tqdm(range(count), desc=f"cityscapes {split}", disable=None if progress else True):
             city = CITIES[split][i % len(CITIES[split])]
             stem = f"{city}_{i:06d}_000019"
             s = world.labelled_image("cityscapes", split, i)
@@ -105,7 +105,7 @@ def write_bdd100k_images(world: SyntheticWorld, root: Path, progress=True) -> in
     n = 0
     for split, count in world.preset.images["bdd100k"].items():
         frames = []
-        for i in tqdm(range(count), desc=f"bdd100k {split}", disable=not progress):
+        for i in tqdm(range(count), desc=f"bdd100k {split}", disable=None if progress else True):
             name = _image_name(world.seed, split, i)
             s = world.labelled_image("bdd100k", split, i)
             img10k = root / "images" / "10k" / split / f"{name}.jpg"
@@ -132,7 +132,7 @@ def write_bdd100k_videos(world: SyntheticWorld, root: Path, progress=True,
                          flow: bool = True) -> int:
     H, W = world.preset.video_size
     T = world.num_frames
-    for spec in tqdm(world.videos, desc="bdd100k videos", disable=not progress):
+    for spec in tqdm(world.videos, desc="bdd100k videos", disable=None if progress else True):
         path = root / "videos" / spec.split / f"{spec.name}.mov"
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), world.fps, (W, H))
@@ -182,7 +182,7 @@ def write_ade20k(world: SyntheticWorld, root: Path, progress=True) -> int:
     for split, count in world.preset.images["ade20k"].items():
         folder = ADE_SPLITS[split]
         prefix = "ADE_train" if split == "train" else "ADE_val"
-        for i in tqdm(range(count), desc=f"ade20k {split}", disable=not progress):
+        for i in tqdm(range(count), desc=f"ade20k {split}", disable=None if progress else True):
             s = world.labelled_image("ade20k", split, i)
             stem = f"{prefix}_{i + 1:08d}"
             base = root / "ADEChallengeData2016"

@@ -1,0 +1,110 @@
+"""`bench list`, `bench run` and `bench checkpoint scratch | info`."""
+from __future__ import annotations
+
+import math
+import statistics
+
+from ..suite import load_suite, resolve_suite, suite_names
+
+
+def register(sub) -> None:
+    p = sub.add_parser("list", help="the suites: dataset, head, protocol")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("run", help="run a readout suite on a backbone checkpoint")
+    p.add_argument("--suite", required=True, help=f"one of: {', '.join(suite_names())}")
+    p.add_argument("--checkpoint", required=True, help="flowssl-backbone/1 or torchvision .pth")
+    p.add_argument("--data-root", default=None, help="folder holding the datasets "
+                   "(default: $BENCH_DATA)")
+    p.add_argument("--seeds", type=int, default=1, help="run seeds 0..N-1 (default 1)")
+    p.add_argument("--scale", default=None, help="e.g. 'smoke': the suite's tiny CPU scale")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--out", default="runs", help="run folders go here (default ./runs)")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="override suite values, e.g. protocol.iterations=1000")
+    p.set_defaults(func=cmd_run)
+
+    ck = sub.add_parser("checkpoint", help="create and inspect backbone checkpoints")
+    csub = ck.add_subparsers(dest="checkpoint_command", required=True, metavar="ACTION")
+    p = csub.add_parser("scratch", help="a random-init backbone (the 'Scratch' row)")
+    p.add_argument("--arch", default="resnet50")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_scratch)
+    p = csub.add_parser("info", help="format, arch, decoder and meta of a checkpoint")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_list(args) -> int:
+    print(f"{'suite':<26}{'dataset':<12}{'head':<12}{'iters':>8}{'batch':>6}{'lr':>7}"
+          f"  crop       train resize")
+    for name in suite_names():
+        s = load_suite(name)
+        p = s["protocol"]
+        resize = p["resize"]
+        rs = (f"short {resize['short_side']}" if "short_side" in resize
+              else f"scale {resize['scale']} x {resize['ratio']}")
+        tag = " (finetune)" if s.get("finetune") else ""
+        print(f"{name:<26}{s['dataset']:<12}{s['head']:<12}{p['iterations']:>8}"
+              f"{p['batch_size']:>6}{p['lr']:>7}  {str(p['crop']):<10} {rs}{tag}")
+    return 0
+
+
+def _fmt(v: float) -> str:
+    return "  nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:6.2f}"
+
+
+def cmd_run(args) -> int:
+    import torch
+    from ..runner import run_seed
+    resolved = resolve_suite(args.suite, scale=args.scale, overrides=args.overrides)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    records = [run_seed(resolved, args.checkpoint, data_root_dir=args.data_root, seed=seed,
+                        device=device, out_dir=args.out, num_workers=args.num_workers)
+               for seed in range(args.seeds)]
+    print_records(records)
+    return 0
+
+
+def print_records(records: list[dict]) -> None:
+    first = records[0]
+    tag = "SYNTHETIC data" if first["synthetic"] else first["dataset"]
+    print(f"\n{first['suite']} ({tag}, scale={first['scale']}) "
+          f"checkpoint {first['checkpoint_sha256'][:12]}")
+    keys = list(first["metrics"])
+    print("seed  " + "".join(f"{k:>14}" for k in keys))
+    for r in records:
+        print(f"{r['seed']:<6}" + "".join(f"{_fmt(r['metrics'][k]):>14}" for k in keys))
+    if len(records) > 1:
+        row = []
+        for k in keys:
+            vals = [r["metrics"][k] for r in records if not math.isnan(r["metrics"][k])]
+            row.append(f"{statistics.mean(vals):.2f}±{statistics.stdev(vals):.2f}"
+                       if len(vals) > 1 else "nan")
+        print("mean  " + "".join(f"{v:>14}" for v in row))
+    print("per-class IoU (seed 0): " + ", ".join(
+        f"{c} {_fmt(v).strip()}" for c, v in first["per_class_iou"].items()))
+    print(f"records: {', '.join(r['run_dir'] for r in records)}")
+
+
+def cmd_scratch(args) -> int:
+    from readout.backbone import file_sha256, save_checkpoint, scratch_checkpoint
+    save_checkpoint(scratch_checkpoint(args.arch, args.seed), args.out)
+    print(f"wrote random-init {args.arch} checkpoint {args.out} "
+          f"(sha256 {file_sha256(args.out)[:12]})")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from readout.backbone import file_sha256, read_checkpoint
+    ck = read_checkpoint(args.path)
+    n = sum(v.numel() for v in ck["state_dict"].values())
+    dec = ck.get("decoder")
+    print(f"format   {ck['format']}\narch     {ck['arch']} ({len(ck['state_dict'])} tensors, "
+          f"{n / 1e6:.1f} M values)\ndecoder  {dec['kind'] if dec else 'none'}\n"
+          f"sha256   {file_sha256(args.path)}")
+    for k, v in ck.get("meta", {}).items():
+        print(f"meta.{k:<14}{v}")
+    return 0

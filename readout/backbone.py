@@ -1,0 +1,199 @@
+"""Frozen ResNet backbones built from `flowssl-backbone/1` checkpoints (DESIGN.md).
+
+The backbone reports its outputs (``output_shape()``: name -> channels, stride), in the
+manner of detectron2's ``Backbone``; heads are built from that. State-dict keys are
+torchvision's ResNet names without ``fc.*``.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+FORMAT = "flowssl-backbone/1"
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
+STAGES = ("res2", "res3", "res4", "res5")
+_LAYERS = dict(zip(STAGES, ("layer1", "layer2", "layer3", "layer4")))
+CLASSIFIER_KEYS = ("fc.weight", "fc.bias")
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    channels: int
+    stride: int
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match the contract or the architecture."""
+
+
+def _dilate(layer: nn.Sequential, rates: list[int]) -> None:
+    """Remove the stage's stride and dilate its 3x3 convs (detectron2 style: every block of
+    the stage, including the first, uses its rate; parameters are unchanged)."""
+    for block, rate in zip(layer, rates):
+        for conv in block.modules():
+            if isinstance(conv, nn.Conv2d):
+                if conv.stride == (2, 2):
+                    conv.stride = (1, 1)
+                if conv.kernel_size == (3, 3):
+                    conv.dilation, conv.padding = (rate, rate), (rate, rate)
+
+
+class ResNetBackbone(nn.Module):
+    """torchvision ResNet trunk returning ``{"res2": C2, ..., "res5": C5}``.
+
+    ``dilation`` (res3, res4, res5) removes those stages' strides, as torchvision's
+    ``replace_stride_with_dilation`` does for res3..res5 (ResNet-18/34 included);
+    ``multigrid`` multiplies the res5 rates per block (DeepLab v3, e.g. (1, 2, 4)).
+    """
+
+    def __init__(self, *, arch: str = "resnet50",
+                 dilation: tuple[bool, bool, bool] = (False, False, False),
+                 multigrid: tuple[int, ...] | None = None):
+        super().__init__()
+        if arch not in ARCHS:
+            raise KeyError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
+        net = getattr(torchvision.models, arch)(weights=None)
+        self.arch = arch
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            net.layer1, net.layer2, net.layer3, net.layer4)
+        expansion = 4 if arch in ("resnet50", "resnet101") else 1
+        stride, rate = 4, 1
+        self._shapes = {"res2": ShapeSpec(64 * expansion, 4)}
+        for i, (name, dilated) in enumerate(zip(STAGES[1:], dilation)):
+            layer = getattr(self, _LAYERS[name])
+            if dilated:
+                rate *= 2
+                grid = tuple(multigrid) if (name == "res5" and multigrid) else (1,) * len(layer)
+                if len(grid) < len(layer):
+                    raise ValueError(f"multigrid {grid} needs {len(layer)} entries for {arch}")
+                grid = grid[:len(layer)]  # ResNet-18/34 (smoke runs) have 2 res5 blocks
+                _dilate(layer, [rate * g for g in grid])
+            else:
+                stride *= 2
+            self._shapes[name] = ShapeSpec(64 * expansion * 2 ** (i + 1), stride)
+        self.frozen = False
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return dict(self._shapes)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        out = {}
+        for name in STAGES:
+            x = getattr(self, _LAYERS[name])(x)
+            out[name] = x
+        return out
+
+    def freeze(self) -> "ResNetBackbone":
+        """No gradients, BatchNorm in eval mode for good (``train()`` keeps it so)."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.frozen = True
+        return self.train(False)
+
+    def train(self, mode: bool = True):
+        return super().train(False if self.frozen else mode)
+
+
+def load_state_dict_exact(module: nn.Module, state: dict, what: str,
+                          allowed_extra: tuple[str, ...] = ()) -> list[str]:
+    """Load `state` into `module`, failing with the list of missing / unexpected keys.
+
+    Keys in `allowed_extra` (e.g. torchvision's classifier) are dropped and returned.
+    """
+    own = module.state_dict()
+    dropped = [k for k in state if k in allowed_extra]
+    state = {k: v for k, v in state.items() if k not in allowed_extra}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or bad_shape:
+        lines = [f"{what} does not match:"]
+        for label, keys in (("missing", missing), ("unexpected", unexpected)):
+            if keys:
+                lines.append(f"  {len(keys)} {label} keys: {', '.join(keys[:20])}"
+                             + (" ..." if len(keys) > 20 else ""))
+        for k in bad_shape[:20]:
+            lines.append(f"  shape mismatch {k}: checkpoint {tuple(state[k].shape)} vs "
+                         f"model {tuple(own[k].shape)}")
+        raise CheckpointError("\n".join(lines))
+    module.load_state_dict(state, strict=True)
+    return dropped
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Read a `flowssl-backbone/1` file, or wrap a plain torchvision ResNet state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        for key in ("arch", "state_dict"):
+            if key not in obj:
+                raise CheckpointError(f"{path}: {FORMAT} checkpoint without {key!r}")
+        obj.setdefault("decoder", None)
+        obj.setdefault("meta", {})
+        return obj
+    if isinstance(obj, dict) and "conv1.weight" in obj and "layer4.0.conv1.weight" in obj:
+        return {"format": FORMAT, "arch": _guess_arch(obj), "state_dict": obj,
+                "decoder": None, "meta": {"method": "torchvision", "imported_from": str(path)}}
+    raise CheckpointError(f"{path} is neither a {FORMAT} checkpoint nor a torchvision ResNet "
+                          f"state dict (top-level keys: {list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__})")
+
+
+def _guess_arch(state: dict) -> str:
+    blocks = {k.split(".")[1] for k in state if k.startswith("layer3.")}
+    bottleneck = "layer1.0.conv3.weight" in state
+    depth = {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50",
+             (True, 23): "resnet101"}.get((bottleneck, len(blocks)))
+    if depth is None:
+        raise CheckpointError(f"cannot tell the ResNet depth of a state dict with "
+                              f"{len(blocks)} res4 blocks")
+    return depth
+
+
+def build_backbone(checkpoint: dict, *, dilation=(False, False, False), multigrid=None,
+                   frozen: bool = True, log=print) -> ResNetBackbone:
+    backbone = ResNetBackbone(arch=checkpoint["arch"], dilation=dilation, multigrid=multigrid)
+    dropped = load_state_dict_exact(backbone, checkpoint["state_dict"],
+                                    f"{checkpoint['arch']} backbone state dict",
+                                    allowed_extra=CLASSIFIER_KEYS)
+    if dropped:
+        log(f"dropped ImageNet classifier keys: {', '.join(dropped)}")
+    return backbone.freeze() if frozen else backbone
+
+
+def scratch_checkpoint(arch: str = "resnet50", seed: int = 0) -> dict:
+    """A random-init backbone in the checkpoint contract (the papers' "Scratch" row)."""
+    torch.manual_seed(seed)
+    backbone = ResNetBackbone(arch=arch)
+    import datetime
+    return {"format": FORMAT, "arch": arch,
+            "state_dict": {k: v.clone() for k, v in backbone.state_dict().items()},
+            "decoder": None,
+            "meta": {"method": "scratch", "pretrain_data": "", "epochs": 0, "iterations": 0,
+                     "config": {"seed": seed}, "git_sha": "", "mlflow_run_id": "",
+                     "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}}
+
+
+def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
+    """Atomic write: a temporary file, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(checkpoint, tmp)
+    tmp.replace(path)

@@ -1,0 +1,141 @@
+"""Segmentation readout heads, registered by name and built from the backbone's output
+shapes. Each head states the backbone it needs (dilation, multigrid, decoder use).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.segmentation.deeplabv3 import ASPP
+
+from .backbone import ShapeSpec
+
+HEADS: dict[str, type] = {}
+
+
+def register_head(name: str) -> Callable[[type], type]:
+    def deco(cls: type) -> type:
+        if name in HEADS:
+            raise KeyError(f"head {name!r} registered twice")
+        cls.name = name
+        HEADS[name] = cls
+        return cls
+    return deco
+
+
+def get_head_class(name: str) -> type:
+    try:
+        return HEADS[name]
+    except KeyError:
+        raise KeyError(f"unknown head {name!r}; known heads: {', '.join(sorted(HEADS))}") from None
+
+
+def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class ReadoutHead(nn.Module):
+    """Base: ``forward(features) -> {"out": logits[, "aux": logits]}`` at feature stride."""
+
+    dilation: tuple[bool, bool, bool] = (False, False, False)
+    multigrid: tuple[int, ...] | None = None
+    uses_decoder = False  # read the PooDLe decoder's output ("sdm") when present
+    aux_weight = 0.0
+
+
+@register_head("deeplab_v1")
+class DeepLabV1Head(ReadoutHead):
+    """FlowE Sec. 4.2 "standard header": dilated ResNet at output stride 8 and a single
+    1x1 conv classifier; logits are upsampled bilinearly. With a PooDLe decoder the
+    undilated trunk + decoder give the stride-8 feature instead (PooDLe Sec. 4.1)."""
+
+    dilation = (False, True, True)
+    uses_decoder = True
+
+    def __init__(self, *, input_shape: dict[str, ShapeSpec], num_classes: int,
+                 in_feature: str = "res5"):
+        super().__init__()
+        self.in_feature = in_feature
+        self.classifier = nn.Conv2d(input_shape[in_feature].channels, num_classes, 1)
+
+    def forward(self, features):
+        return {"out": self.classifier(features[self.in_feature])}
+
+
+@register_head("deeplab_v3")
+class DeepLabV3Head(ReadoutHead):
+    """PixPro-flow Table 3 (detectron2's DeepLab v3 project): res5 dilated (output stride
+    16) with multigrid (1, 2, 4), ASPP with 256 channels, rates 6/12/18 and image pooling,
+    dropout 0.1, then a 1x1 predictor."""
+
+    dilation = (False, False, True)
+    multigrid = (1, 2, 4)
+
+    def __init__(self, *, input_shape: dict[str, ShapeSpec], num_classes: int,
+                 channels: int = 256, rates=(6, 12, 18), dropout: float = 0.1):
+        super().__init__()
+        self.aspp = ASPP(input_shape["res5"].channels, list(rates), channels)
+        self.aspp.project[-1].p = dropout  # torchvision hard-codes 0.5
+        self.predictor = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, features):
+        return {"out": self.predictor(self.aspp(features["res5"]))}
+
+
+class _PPM(nn.Module):
+    def __init__(self, cin: int, channels: int, scales):
+        super().__init__()
+        self.stages = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(s),
+                                                  _conv_bn_relu(cin, channels, 1))
+                                    for s in scales)
+
+    def forward(self, x):
+        size = x.shape[-2:]
+        return [F.interpolate(stage(x), size=size, mode="bilinear", align_corners=False)
+                for stage in self.stages]
+
+
+@register_head("upernet")
+class UperNetHead(ReadoutHead):
+    """UperNet as mmsegmentation's UPerHead for ResNet-50: PPM (1, 2, 3, 6) on C5, FPN
+    over C2-C5 with 512 channels, fused 3x3 conv, dropout 0.1; auxiliary FCN head on C4
+    (256 channels, one 3x3 conv, dropout 0.1) with loss weight 0.4."""
+
+    aux_weight = 0.4
+
+    def __init__(self, *, input_shape: dict[str, ShapeSpec], num_classes: int,
+                 channels: int = 512, pool_scales=(1, 2, 3, 6), dropout: float = 0.1,
+                 aux_channels: int = 256):
+        super().__init__()
+        names = ("res2", "res3", "res4", "res5")
+        cin = [input_shape[n].channels for n in names]
+        self.ppm = _PPM(cin[-1], channels, pool_scales)
+        self.bottleneck = _conv_bn_relu(cin[-1] + len(pool_scales) * channels, channels, 3)
+        self.lateral = nn.ModuleList(_conv_bn_relu(c, channels, 1) for c in cin[:-1])
+        self.fpn = nn.ModuleList(_conv_bn_relu(channels, channels, 3) for _ in cin[:-1])
+        self.fuse = _conv_bn_relu(len(names) * channels, channels, 3)
+        self.classifier = nn.Sequential(nn.Dropout2d(dropout),
+                                        nn.Conv2d(channels, num_classes, 1))
+        self.aux = nn.Sequential(_conv_bn_relu(cin[2], aux_channels, 3), nn.Dropout2d(dropout),
+                                 nn.Conv2d(aux_channels, num_classes, 1))
+        self.names = names
+
+    def forward(self, features):
+        c = [features[n] for n in self.names]
+        top = self.bottleneck(torch.cat([c[-1], *self.ppm(c[-1])], 1))
+        laterals = [conv(x) for conv, x in zip(self.lateral, c[:-1])] + [top]
+        for i in range(len(laterals) - 1, 0, -1):
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(
+                laterals[i], size=laterals[i - 1].shape[-2:], mode="bilinear",
+                align_corners=False)
+        outs = [conv(x) for conv, x in zip(self.fpn, laterals[:-1])] + [top]
+        size = outs[0].shape[-2:]
+        outs = [outs[0]] + [F.interpolate(o, size=size, mode="bilinear", align_corners=False)
+                            for o in outs[1:]]
+        result = {"out": self.classifier(self.fuse(torch.cat(outs, 1)))}
+        if self.training:
+            result["aux"] = self.aux(c[2])
+        return result

@@ -1,0 +1,75 @@
+"""Backbone (+ PooDLe decoder) + head = a segmentation readout model."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import build_backbone, load_state_dict_exact
+from .decoder import SpatialDecoder
+from .heads import get_head_class
+
+
+class SegmentationReadout(nn.Module):
+    def __init__(self, *, backbone: nn.Module, head: nn.Module,
+                 decoder: nn.Module | None = None, train_backbone: bool = False):
+        super().__init__()
+        self.backbone, self.decoder, self.head = backbone, decoder, head
+        self.train_backbone = train_backbone
+
+    def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
+            feats = self.backbone(images)
+            if self.decoder is not None:
+                feats["sdm"] = self.decoder(feats)
+        return feats
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits upsampled (bilinear) to the input size: {"out": ..., ["aux": ...]}."""
+        out = self.head(self.features(images))
+        size = images.shape[-2:]
+        return {k: F.interpolate(v, size=size, mode="bilinear", align_corners=False)
+                for k, v in out.items()}
+
+    def train(self, mode: bool = True):
+        """A frozen backbone and decoder stay in eval mode (fixed BatchNorm statistics)."""
+        super().train(mode)
+        if not self.train_backbone:
+            self.backbone.train(False)
+            if self.decoder is not None:
+                self.decoder.train(False)
+        return self
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def build_segmentation_model(checkpoint: dict, head: str, num_classes: int, *,
+                             finetune: bool = False, log=print) -> SegmentationReadout:
+    """Build the readout of `head` on the checkpoint's backbone (frozen unless finetune).
+
+    A PooDLe decoder in the checkpoint is kept for heads that read a stride-8 feature
+    (the linear DeepLab v1 readout, PooDLe Sec. 4.1): the trunk is then left undilated.
+    """
+    head_cls = get_head_class(head)
+    decoder_entry = checkpoint.get("decoder")
+    use_decoder = bool(decoder_entry) and head_cls.uses_decoder
+    dilation = (False, False, False) if use_decoder else head_cls.dilation
+    backbone = build_backbone(checkpoint, dilation=dilation, multigrid=head_cls.multigrid,
+                              frozen=not finetune, log=log)
+    shapes = backbone.output_shape()
+    decoder, kwargs = None, {}
+    if use_decoder:
+        if decoder_entry.get("kind") != "sdm":
+            raise ValueError(f"unknown decoder kind {decoder_entry.get('kind')!r}; known: sdm")
+        decoder = SpatialDecoder.from_state_dict(decoder_entry["state_dict"])
+        load_state_dict_exact(decoder, decoder_entry["state_dict"], "decoder state dict")
+        for p in decoder.parameters():
+            p.requires_grad_(finetune)
+        shapes["sdm"] = decoder.output_shape(shapes)
+        kwargs["in_feature"] = "sdm"
+        log("keeping the checkpoint's spatial decoder for this readout (PooDLe Sec. 4.1)")
+    head_module = head_cls(input_shape=shapes, num_classes=num_classes, **kwargs)
+    model = SegmentationReadout(backbone=backbone, head=head_module, decoder=decoder,
+                                train_backbone=finetune)
+    return model.train(False)

@@ -1,0 +1,85 @@
+import copy
+import json
+
+import pytest
+import yaml
+
+from benchmarks.suite import (CITED, SuiteError, load_suite, resolve_suite, suite_hash,
+                              suite_names, validate_suite)
+from readout.heads import HEADS
+
+EXPECTED = {"cityscapes_linear", "cityscapes_deeplabv3", "cityscapes_upernet", "bdd_linear",
+            "bdd_deeplabv3", "bdd_upernet", "ade20k_linear", "ade20k_upernet",
+            "ade20k_upernet_finetune"}
+
+
+def test_every_issue_suite_exists():
+    assert EXPECTED <= set(suite_names())
+
+
+@pytest.mark.parametrize("name", suite_names())
+def test_suite_is_valid_and_cites_every_number(name):
+    suite = load_suite(name)
+    assert suite["name"] == name
+    assert all(suite["source"][k].strip() for k in CITED)
+    smoke = resolve_suite(name, scale="smoke")
+    assert smoke["scale"] == "smoke" and smoke["protocol"]["iterations"] < 10
+
+
+def test_paper_numbers():
+    bdd = load_suite("bdd_linear")["protocol"]
+    assert (bdd["iterations"], bdd["batch_size"], bdd["lr"], bdd["crop"]) == (
+        60000, 16, 0.02, [512, 1024])
+    assert bdd["resize"] == {"short_side": [512, 2048]}
+    cs = load_suite("cityscapes_linear")["protocol"]
+    assert (cs["iterations"], cs["batch_size"], cs["lr"]) == (40000, 8, 0.01)
+    ade = load_suite("ade20k_upernet")["protocol"]
+    assert (ade["iterations"], ade["batch_size"], ade["weight_decay"], ade["crop"]) == (
+        160000, 16, 0.0005, [512, 512])
+    assert load_suite("ade20k_upernet_finetune")["finetune"] is True
+    assert load_suite("ade20k_linear")["protocol"] == {**bdd}
+
+
+def test_every_registered_head_has_a_suite():
+    assert {load_suite(n)["head"] for n in suite_names()} >= set(HEADS)
+
+
+def test_unknown_keys_fail():
+    suite = load_suite("bdd_linear")
+    bad = copy.deepcopy(suite)
+    bad["protocol"]["lr_warmup"] = 5
+    with pytest.raises(SuiteError, match="lr_warmup"):
+        validate_suite(bad)
+    bad = copy.deepcopy(suite)
+    bad["colour"] = "red"
+    with pytest.raises(SuiteError, match="colour"):
+        validate_suite(bad)
+    bad = copy.deepcopy(suite)
+    del bad["source"]["lr"]
+    with pytest.raises(SuiteError, match="no source"):
+        validate_suite(bad)
+    bad = copy.deepcopy(suite)
+    bad["protocol"]["iterations"] = "many"
+    with pytest.raises(SuiteError, match="expected int"):
+        validate_suite(bad)
+
+
+def test_overrides_and_their_errors():
+    r = resolve_suite("bdd_linear", scale="smoke", overrides=["protocol.iterations=7",
+                                                              "eval.mode=slide",
+                                                              "eval.crop=[32, 32]",
+                                                              "eval.stride=[16, 16]"])
+    assert r["protocol"]["iterations"] == 7 and r["overrides"][0] == "protocol.iterations=7"
+    assert suite_hash(r) != suite_hash(resolve_suite("bdd_linear", scale="smoke"))
+    with pytest.raises(SuiteError, match="valid keys: .*protocol.lr"):
+        resolve_suite("bdd_linear", overrides=["protocol.learning_rate=1"])
+    with pytest.raises(SuiteError, match="no scale"):
+        resolve_suite("bdd_linear", scale="huge")
+    with pytest.raises(KeyError, match="bdd_linear"):
+        load_suite("kitti_linear")
+
+
+def test_resolved_suite_is_plain_yaml():
+    r = resolve_suite("cityscapes_upernet", scale="smoke")
+    assert yaml.safe_load(yaml.safe_dump(r)) == r
+    json.dumps(r)
