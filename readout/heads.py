@@ -3,33 +3,17 @@ shapes. Each head states the backbone it needs (dilation, multigrid, decoder use
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from .backbone import ShapeSpec
+from .registry import Registry
 
-HEADS: dict[str, type] = {}
-
-
-def register_head(name: str) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        if name in HEADS:
-            raise KeyError(f"head {name!r} registered twice")
-        cls.name = name
-        HEADS[name] = cls
-        return cls
-    return deco
-
-
-def get_head_class(name: str) -> type:
-    try:
-        return HEADS[name]
-    except KeyError:
-        raise KeyError(f"unknown head {name!r}; known heads: {', '.join(sorted(HEADS))}") from None
+HEADS = Registry("head")
+register_head = HEADS.register
+get_head_class = HEADS.get_class
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:

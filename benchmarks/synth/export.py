@@ -21,7 +21,7 @@ from readout.datasets.classes import (BDD100K_DET_CLASSES, CITYSCAPES_INSTANCE_T
                                       IGNORE_INDEX, cityscapes_train_to_label_ids)
 
 from . import scene as S
-from .world import PRESETS, SyntheticWorld
+from .world import PRESETS, SyntheticWorld, hex_name
 
 MANIFEST = "synth_manifest.json"
 FLOW_SCALE = 32.0  # stored value = round(flow * FLOW_SCALE)
@@ -124,8 +124,7 @@ def write_bdd100k_images(world: SyntheticWorld, root: Path, progress=True) -> in
 
 
 def _image_name(seed: int, split: str, index: int) -> str:
-    from .world import _hex_name
-    return _hex_name(seed + 7_000_003, split, index)
+    return hex_name(seed + 7_000_003, split, index)
 
 
 def write_bdd100k_videos(world: SyntheticWorld, root: Path, progress=True,

@@ -51,7 +51,7 @@ class VideoSpec:
     index: int
 
 
-def _hex_name(seed: int, split: str, index: int) -> str:
+def hex_name(seed: int, split: str, index: int) -> str:
     """A BDD100K-style name such as ``0a1b2c3d-4e5f6a7b``, deterministic in its inputs."""
     a = zlib.crc32(f"{seed}/{split}/{index}/a".encode())
     b = zlib.crc32(f"{seed}/{split}/{index}/b".encode())
@@ -73,7 +73,7 @@ class SyntheticWorld:
             raise KeyError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
         self.preset = PRESETS[preset]
         self.seed = int(seed)
-        self.videos = [VideoSpec(_hex_name(self.seed, split, i), split, i)
+        self.videos = [VideoSpec(hex_name(self.seed, split, i), split, i)
                        for split, n in self.preset.videos.items() for i in range(n)]
         self._renders: OrderedDict = OrderedDict()
         self._cache_size = cache_size

@@ -14,27 +14,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..registry import Registry
 from .classes import IGNORE_INDEX
 
-DATASETS: dict[str, type] = {}
-
-
-def register_dataset(name: str) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        if name in DATASETS:
-            raise KeyError(f"dataset {name!r} registered twice")
-        cls.name = name
-        DATASETS[name] = cls
-        return cls
-    return deco
-
-
-def get_dataset_class(name: str) -> type:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise KeyError(f"unknown dataset {name!r}; known datasets: "
-                       f"{', '.join(sorted(DATASETS))}") from None
+DATASETS = Registry("dataset")
+register_dataset = DATASETS.register
+get_dataset_class = DATASETS.get_class
 
 
 def build_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train",
