@@ -65,7 +65,7 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
              progress: bool = True, log=print, stop_after: int | None = None) -> dict:
     from readout.backbone import file_sha256, read_checkpoint
     from readout.model import build_segmentation_model
-    from readout.train import ReadoutSchedule, evaluate, train_readout
+    from readout.train import ReadoutSchedule, evaluate, train_readout, world
     import torch
 
     root = data_root(data_root_dir)
@@ -73,7 +73,8 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
     sha = file_sha256(checkpoint_path)
     run_dir = Path(out_dir) / resolved["name"] / sha[:12] / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "resolved_suite.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    if world()[0] == 0:
+        (run_dir / "resolved_suite.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     train_set = build_dataset(resolved["dataset"], root, resolved["splits"]["train"])
     eval_set = build_dataset(resolved["dataset"], root, resolved["splits"]["eval"])
     groups = class_group_indices(resolved, train_set, run_dir)
@@ -106,6 +107,8 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
                                          "eval": round(time.perf_counter() - t0, 2)},
         "device": str(device), "host": platform.node(), "run_dir": str(run_dir),
     }
+    if world()[0] > 0:  # under torchrun only rank 0 writes the record
+        return record
     (run_dir / "metrics.json").write_text(json.dumps(record, indent=1, allow_nan=True))
     with (run_dir / "per_class.csv").open("w", newline="") as f:
         w = csv.writer(f)

@@ -191,7 +191,7 @@ def scratch_checkpoint(arch: str = "resnet50", seed: int = 0) -> dict:
 
 
 def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
-    """Atomic write: a temporary file, then rename."""
+    """Atomic write: a temporary file, then rename (a kill never leaves half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -63,10 +63,6 @@ class SegmentationMetric:
                              f"ignore index {self.ignore_index}")
         self.confusion += hist[:k].cpu()
 
-    def merge(self, confusion: torch.Tensor) -> None:
-        """Add a confusion matrix from another worker (rows: ground truth)."""
-        self.confusion += confusion.to(self.confusion)
-
     def compute(self) -> dict:
         cm = self.confusion.to(torch.float64)
         tp = cm.diag()

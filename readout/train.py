@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .backbone import save_checkpoint
 from .metrics import SegmentationMetric
 from .transforms import IGNORE_INDEX, to_tensor, train_transform
 
@@ -72,12 +73,6 @@ def _autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 def train_readout(model, dataset, schedule: ReadoutSchedule, *, device, work_dir,
                   stop_after: int | None = None, progress: bool = True) -> list[dict]:
     """Train the trainable part of `model`; resumes from ``work_dir/readout_checkpoint.pth``.
@@ -100,7 +95,7 @@ def train_readout(model, dataset, schedule: ReadoutSchedule, *, device, work_dir
     net = model
     if size > 1:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[torch.cuda.current_device()] if device.type == "cuda" else None)
     start, curve = 0, []
     ckpt_path = work_dir / CHECKPOINT_NAME
     if ckpt_path.is_file():
@@ -143,8 +138,9 @@ def train_readout(model, dataset, schedule: ReadoutSchedule, *, device, work_dir
         bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}",
                         img_s=f"{(done - start) * schedule.batch_size / (time.perf_counter() - t0):.1f}")
         if rank == 0 and (done % schedule.checkpoint_every == 0 or done == end):
-            _atomic_save({"trainable": _trainable_state(model), "optimizer": optimizer.state_dict(),
-                          "iteration": done, "curve": curve}, ckpt_path)
+            save_checkpoint({"trainable": _trainable_state(model),
+                             "optimizer": optimizer.state_dict(), "iteration": done,
+                             "curve": curve}, ckpt_path)
     bar.close()
     return curve
 
@@ -192,8 +188,7 @@ def predict(model, image: torch.Tensor, *, mode: str = "whole", crop=None,
 
 
 def evaluate(model, dataset, *, num_classes: int, device, mode: str = "whole", crop=None,
-             stride=None, class_groups=None, progress: bool = True,
-             on_prediction=None) -> dict:
+             stride=None, class_groups=None, progress: bool = True) -> dict:
     """Metrics over `dataset` (sharded over DDP ranks, confusion matrices summed)."""
     device = torch.device(device)
     model.to(device).eval()
@@ -207,8 +202,6 @@ def evaluate(model, dataset, *, num_classes: int, device, mode: str = "whole", c
                            stride=stride)
         label = torch.from_numpy(item["label"])
         metric.update(pred.cpu(), label)
-        if on_prediction is not None:
-            on_prediction(i, item, pred.cpu().numpy())
     if size > 1:
         cm = metric.confusion.to(device)
         dist.all_reduce(cm)

@@ -58,13 +58,16 @@ def _fmt(v: float) -> str:
 
 def cmd_run(args) -> int:
     import torch
+    from readout.train import init_distributed, world
     from ..runner import run_seed
     resolved = resolve_suite(args.suite, scale=args.scale, overrides=args.overrides)
+    init_distributed()  # no-op unless launched by torchrun with WORLD_SIZE > 1
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     records = [run_seed(resolved, args.checkpoint, data_root_dir=args.data_root, seed=seed,
                         device=device, out_dir=args.out, num_workers=args.num_workers)
                for seed in range(args.seeds)]
-    print_records(records)
+    if world()[0] == 0:
+        print_records(records)
     return 0
 
 
