@@ -26,14 +26,26 @@ def is_synthetic(root) -> bool:
     return any((p / "synth_manifest.json").is_file() for p in (root, *root.parents))
 
 
-def protocol_kwargs(resolved: dict, seed: int, num_workers: int = 0) -> dict:
-    """The one place a resolved suite turns into ReadoutSchedule keyword arguments."""
+def protocol_kwargs(resolved: dict, seed: int, num_workers: int = 0,
+                    train_images: int | None = None) -> dict:
+    """The one place a resolved suite turns into ReadoutSchedule keyword arguments.
+
+    Detection protocols count epochs (FlowE Sec. 4.2: 12 epochs, steps at 8 and 11):
+    iterations = round(epochs x training images / batch), as detectron2's 1x schedule does.
+    """
     p = resolved["protocol"]
-    return dict(iterations=p["iterations"], batch_size=p["batch_size"], lr=float(p["lr"]),
-                momentum=float(p["momentum"]), weight_decay=float(p["weight_decay"]),
-                poly_power=float(p["poly_power"]), crop=tuple(p["crop"]), resize=p["resize"],
-                flip=p["flip"], checkpoint_every=p["checkpoint_every"],
-                num_workers=num_workers, seed=seed)
+    common = dict(batch_size=p["batch_size"], lr=float(p["lr"]), momentum=float(p["momentum"]),
+                  weight_decay=float(p["weight_decay"]), flip=p["flip"],
+                  checkpoint_every=p["checkpoint_every"], schedule=p["schedule"],
+                  num_workers=num_workers, seed=seed)
+    if resolved["task"] == "object_detection":
+        per_epoch = train_images / p["batch_size"]
+        return dict(common, iterations=max(1, round(p["epochs"] * per_epoch)),
+                    lr_steps=tuple(round(e * per_epoch) for e in p["lr_steps"]),
+                    gamma=float(p["gamma"]), warmup_iterations=p["warmup_iterations"],
+                    warmup_factor=float(p["warmup_factor"]))
+    return dict(common, iterations=p["iterations"], poly_power=float(p["poly_power"]),
+                crop=tuple(p["crop"]), resize=p["resize"])
 
 
 def class_group_indices(resolved: dict, train_set, run_dir: Path) -> dict[str, list[int]]:
@@ -64,8 +76,7 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
              device: str = "cpu", out_dir="runs", num_workers: int = 0,
              progress: bool = True, log=print, stop_after: int | None = None) -> dict:
     from readout.backbone import file_sha256, read_checkpoint
-    from readout.model import build_segmentation_model
-    from readout.train import ReadoutSchedule, evaluate, train_readout, world
+    from readout.train import ReadoutSchedule, train_readout, world
     import torch
 
     root = data_root(data_root_dir)
@@ -77,32 +88,30 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
         (run_dir / "resolved_suite.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     train_set = build_dataset(resolved["dataset"], root, resolved["splits"]["train"])
     eval_set = build_dataset(resolved["dataset"], root, resolved["splits"]["eval"])
-    groups = class_group_indices(resolved, train_set, run_dir)
     torch.manual_seed(seed)
-    model = build_segmentation_model(ckpt, resolved["head"], train_set.num_classes,
-                                     finetune=resolved["finetune"], log=log)
-    schedule = ReadoutSchedule(**protocol_kwargs(resolved, seed, num_workers))
+    task = _segmentation if resolved["task"] == "semantic_segmentation" else _detection
+    model, evaluate_fn, extra = task(resolved, ckpt, train_set, run_dir, log)
+    schedule = ReadoutSchedule(**protocol_kwargs(
+        resolved, seed, num_workers, train_images=len(model.training_indices(train_set))))
     t0 = time.perf_counter()
     curve = train_readout(model, train_set, schedule, device=device, work_dir=run_dir,
                           stop_after=stop_after, progress=progress)
     train_s = time.perf_counter() - t0
     if len(curve) < schedule.iterations:
         return {"status": "interrupted", "run_dir": str(run_dir), "iteration": len(curve)}
-    ev = resolved["eval"]
     t0 = time.perf_counter()
-    metrics = evaluate(model, eval_set, num_classes=train_set.num_classes, device=device,
-                       mode=ev.get("mode", "whole"), crop=ev.get("crop"),
-                       stride=ev.get("stride"), class_groups=groups, progress=progress)
+    metrics, per_class_metric, per_class = evaluate_fn(model, eval_set, device, progress)
     record = {
         "status": "finished", "suite": resolved["name"], "suite_hash": suite_hash(resolved),
         "seed": seed, "checkpoint": str(checkpoint_path), "checkpoint_sha256": sha,
         "checkpoint_meta": _jsonable(ckpt.get("meta", {})), "arch": ckpt["arch"],
-        "dataset": resolved["dataset"], "data_root": str(root),
+        "task": resolved["task"], "dataset": resolved["dataset"], "data_root": str(root),
         "synthetic": is_synthetic(root), "head": resolved["head"],
-        "scale": resolved["scale"],
-        "metrics": {k: v for k, v in metrics.items() if k != "IoU"},
-        "per_class_iou": dict(zip(train_set.classes, metrics["IoU"])),
-        "class_groups": {g: [train_set.classes[i] for i in idx] for g, idx in groups.items()},
+        "scale": resolved["scale"], "metrics": metrics,
+        "per_class_metric": per_class_metric,
+        "per_class": dict(zip(train_set.classes, per_class)), **extra,
+        "schedule": {"iterations": schedule.iterations, "lr_steps": list(schedule.lr_steps),
+                     "warmup_iterations": schedule.warmup_iterations},
         "loss_curve": curve, "seconds": {"train": round(train_s, 2),
                                          "eval": round(time.perf_counter() - t0, 2)},
         "device": str(device), "host": platform.node(), "run_dir": str(run_dir),
@@ -112,10 +121,43 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
     (run_dir / "metrics.json").write_text(json.dumps(record, indent=1, allow_nan=True))
     with (run_dir / "per_class.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["class", "IoU"])
-        for name, v in record["per_class_iou"].items():
+        w.writerow(["class", per_class_metric])
+        for name, v in record["per_class"].items():
             w.writerow([name, "" if math.isnan(v) else f"{v:.4f}"])
     return record
+
+
+def _segmentation(resolved, ckpt, train_set, run_dir, log):
+    """Model, evaluation and record extras of a semantic segmentation suite."""
+    from readout.model import build_segmentation_model
+    from readout.train import evaluate
+    groups = class_group_indices(resolved, train_set, run_dir)
+    model = build_segmentation_model(ckpt, resolved["head"], train_set.num_classes,
+                                     finetune=resolved["finetune"], log=log)
+    ev = resolved["eval"]
+
+    def evaluate_fn(model, eval_set, device, progress):
+        metrics = evaluate(model, eval_set, num_classes=train_set.num_classes, device=device,
+                           mode=ev.get("mode", "whole"), crop=ev.get("crop"),
+                           stride=ev.get("stride"), class_groups=groups, progress=progress)
+        return {k: v for k, v in metrics.items() if k != "IoU"}, "IoU", metrics["IoU"]
+
+    extra = {"class_groups": {g: [train_set.classes[i] for i in idx]
+                              for g, idx in groups.items()}}
+    return model, evaluate_fn, extra
+
+
+def _detection(resolved, ckpt, train_set, run_dir, log):
+    """Model, evaluation and record extras of an object detection suite."""
+    from readout.detection import build_detection_model
+    from readout.train import evaluate_detection
+    model = build_detection_model(ckpt, resolved["head"], train_set.num_classes, log=log)
+
+    def evaluate_fn(model, eval_set, device, progress):
+        metrics = evaluate_detection(model, eval_set, device=device, progress=progress)
+        return {k: v for k, v in metrics.items() if k != "AP"}, "AP", metrics["AP"]
+
+    return model, evaluate_fn, {"train_images_with_boxes": len(model.training_indices(train_set))}
 
 
 def _jsonable(obj):

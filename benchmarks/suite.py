@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -17,16 +18,40 @@ SCHEMA = {
     "head": str, "finetune": bool, "protocol": dict, "eval": dict, "class_groups": str,
     "source": dict, "scales": dict,
 }
-PROTOCOL = {
-    "iterations": int, "batch_size": int, "optimizer": str, "lr": float, "momentum": float,
-    "weight_decay": float, "schedule": str, "poly_power": float, "resize": dict,
-    "crop": list, "flip": bool, "checkpoint_every": int,
-}
-EVAL = {"mode": str, "crop": list, "stride": list}
 SPLITS = {"train": str, "eval": str}
-TASKS = ("semantic_segmentation",)
-CITED = ("iterations", "batch_size", "lr", "momentum", "weight_decay", "schedule",
-         "poly_power", "resize", "crop", "eval")
+EVAL = {"mode": str, "crop": list, "stride": list}
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a suite of this task holds: its protocol keys, the numbers that need a
+    source, the suite keys it needs beyond the common ones, the head registry."""
+    protocol: dict
+    cited: tuple[str, ...]
+    required: tuple[str, ...]
+    forbidden: tuple[str, ...]
+
+
+TASKS = {
+    "semantic_segmentation": Task(
+        protocol={"iterations": int, "batch_size": int, "optimizer": str, "lr": float,
+                  "momentum": float, "weight_decay": float, "schedule": str,
+                  "poly_power": float, "resize": dict, "crop": list, "flip": bool,
+                  "checkpoint_every": int},
+        cited=("iterations", "batch_size", "lr", "momentum", "weight_decay", "schedule",
+               "poly_power", "resize", "crop", "eval"),
+        required=("class_groups",), forbidden=()),
+    "object_detection": Task(
+        protocol={"epochs": float, "batch_size": int, "optimizer": str, "lr": float,
+                  "momentum": float, "weight_decay": float, "schedule": str,
+                  "lr_steps": list, "gamma": float, "warmup_iterations": int,
+                  "warmup_factor": float, "flip": bool, "checkpoint_every": int},
+        cited=("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule",
+               "lr_steps", "gamma", "warmup_iterations", "warmup_factor", "flip"),
+        required=(), forbidden=("eval", "class_groups")),
+}
+COMMON_REQUIRED = ("name", "description", "task", "dataset", "splits", "head", "protocol",
+                   "source")
 
 
 class SuiteError(ValueError):
@@ -55,35 +80,65 @@ def _check_keys(where: str, data: dict, schema: dict, required=True) -> None:
             raise SuiteError(f"{where}.{key}: expected {want.__name__}, got {value!r}")
 
 
+def task_of(data: dict, where: str = "suite") -> Task:
+    if data.get("task") not in TASKS:
+        raise SuiteError(f"{where}.task: {data.get('task')!r} is not one of {sorted(TASKS)}")
+    return TASKS[data["task"]]
+
+
 def validate_suite(data: dict, where: str = "suite") -> dict:
     if not isinstance(data, dict):
         raise SuiteError(f"{where}: a suite is a mapping")
     _check_keys(where, data, SCHEMA, required=False)
-    missing = sorted(set(SCHEMA) - set(data) - {"scales", "finetune", "eval"})
+    task = task_of(data, where)
+    missing = sorted(set(COMMON_REQUIRED + task.required) - set(data))
     if missing:
         raise SuiteError(f"{where}: missing key(s) {missing}")
-    if data["task"] not in TASKS:
-        raise SuiteError(f"{where}.task: {data['task']!r} is not one of {TASKS}")
+    present = sorted(set(task.forbidden) & set(data))
+    if present:
+        raise SuiteError(f"{where}: {data['task']} suites have no {present}")
     _check_keys(f"{where}.splits", data["splits"], SPLITS)
-    _check_keys(f"{where}.protocol", data["protocol"], PROTOCOL)
-    _check_keys(f"{where}.eval", data.get("eval", {"mode": "whole"}), EVAL, required=False)
-    _check_protocol(where, data["protocol"], data.get("eval", {"mode": "whole"}))
-    uncited = [k for k in CITED if k not in data["source"]]
+    _check_keys(f"{where}.protocol", data["protocol"], task.protocol)
+    if "eval" in task.cited:
+        _check_keys(f"{where}.eval", data.get("eval", {"mode": "whole"}), EVAL, required=False)
+    _check_protocol(where, data["task"], data["protocol"], data.get("eval", {"mode": "whole"}))
+    if data["task"] == "object_detection" and data.get("finetune"):
+        raise SuiteError(f"{where}.finetune: detection readouts exist with a frozen backbone "
+                         f"only")
+    uncited = [k for k in task.cited if k not in data["source"]]
     if uncited:
         raise SuiteError(f"{where}.source: no source for {uncited}; every number needs one")
+    scale_schema = {"protocol": dict, "eval": dict} if "eval" in task.cited else {"protocol": dict}
     for scale, body in data.get("scales", {}).items():
-        _check_keys(f"{where}.scales.{scale}", body, {"protocol": dict, "eval": dict}, False)
-        _check_keys(f"{where}.scales.{scale}.protocol", body.get("protocol", {}), PROTOCOL,
-                    required=False)
+        _check_keys(f"{where}.scales.{scale}", body, scale_schema, False)
+        _check_keys(f"{where}.scales.{scale}.protocol", body.get("protocol", {}),
+                    task.protocol, required=False)
         _check_keys(f"{where}.scales.{scale}.eval", body.get("eval", {}), EVAL, required=False)
     from readout.datasets import get_dataset_class
-    from readout.heads import get_head_class
     get_dataset_class(data["dataset"])
-    get_head_class(data["head"])
+    head_class(data)
     return data
 
 
-def _check_protocol(where: str, p: dict, ev: dict) -> None:
+def head_class(data: dict):
+    """The registered head (segmentation) or detector builder a suite names."""
+    if data["task"] == "object_detection":
+        from readout.detection import get_detector_class
+        return get_detector_class(data["head"])
+    from readout.heads import get_head_class
+    return get_head_class(data["head"])
+
+
+def _check_protocol(where: str, task: str, p: dict, ev: dict) -> None:
+    if task == "object_detection":
+        if p["optimizer"] != "sgd" or p["schedule"] != "step":
+            raise SuiteError(f"{where}.protocol: detection has optimizer 'sgd' with schedule "
+                             f"'step'")
+        if not all(isinstance(e, (int, float)) and 0 <= e for e in p["lr_steps"]):
+            raise SuiteError(f"{where}.protocol.lr_steps: epochs at which lr *= gamma")
+        if p["epochs"] <= 0:
+            raise SuiteError(f"{where}.protocol.epochs: must be positive")
+        return
     if p["optimizer"] != "sgd" or p["schedule"] != "poly":
         raise SuiteError(f"{where}.protocol: only optimizer 'sgd' with schedule 'poly' exist")
     if len(p["crop"]) != 2:
@@ -104,17 +159,25 @@ def load_suite(name_or_path: str) -> dict:
         if not path.is_file():
             raise KeyError(f"unknown suite {name_or_path!r}; known suites: "
                            f"{', '.join(suite_names())}")
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SuiteError(f"{path}: not valid YAML ({e})") from None
     return validate_suite(data, where=path.name)
 
 
-OVERRIDABLE = ([f"splits.{k}" for k in SPLITS] + [f"protocol.{k}" for k in PROTOCOL]
-               + [f"eval.{k}" for k in EVAL] + ["head", "class_groups", "finetune"])
+def overridable(task: str) -> list[str]:
+    """The dotted keys a suite of `task` accepts as ``key=value`` overrides."""
+    spec = TASKS[task]
+    keys = [f"splits.{k}" for k in SPLITS] + [f"protocol.{k}" for k in spec.protocol]
+    if "eval" in spec.cited:
+        keys += [f"eval.{k}" for k in EVAL]
+    return keys + ["head", "finetune"] + [k for k in spec.required]
 
 
 def apply_overrides(resolved: dict, overrides: list[str]) -> dict:
     """``key=value`` with dotted keys (``protocol.iterations=100``); values parsed as YAML."""
-    valid = OVERRIDABLE
+    valid = overridable(resolved["task"])
     for item in overrides:
         if "=" not in item:
             raise SuiteError(f"override {item!r} is not key=value")
@@ -133,14 +196,16 @@ def resolve_suite(name: str, *, scale: str | None = None, overrides=()) -> dict:
     """Suite + scale + overrides, validated again, with ``scale`` and ``overrides`` kept."""
     suite = load_suite(name)
     resolved = copy.deepcopy({k: v for k, v in suite.items() if k != "scales"})
-    resolved.setdefault("eval", {"mode": "whole"})
+    if "eval" in TASKS[suite["task"]].cited:
+        resolved.setdefault("eval", {"mode": "whole"})
     resolved.setdefault("finetune", False)
     if scale:
         scales = suite.get("scales", {})
         if scale not in scales:
             raise SuiteError(f"suite {name} has no scale {scale!r}; known: {sorted(scales)}")
         resolved["protocol"].update(copy.deepcopy(scales[scale].get("protocol", {})))
-        resolved["eval"].update(copy.deepcopy(scales[scale].get("eval", {})))
+        if "eval" in resolved:
+            resolved["eval"].update(copy.deepcopy(scales[scale].get("eval", {})))
     apply_overrides(resolved, list(overrides))
     validate_suite(resolved, where=f"{name} (resolved)")
     resolved["scale"] = scale or "paper"

@@ -85,10 +85,20 @@ class ResNetBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         out = {}
-        for name in STAGES:
+        for name in self._shapes:
             x = getattr(self, _LAYERS[name])(x)
             out[name] = x
         return out
+
+    def split_off(self, stage: str) -> nn.Sequential:
+        """Remove the last stage from the trunk and return it (the trunk then ends one
+        stage earlier): Faster R-CNN C4 runs res5 per region as its box head."""
+        if stage != list(self._shapes)[-1]:
+            raise ValueError(f"only the last stage ({list(self._shapes)[-1]}) can be split off")
+        layer = getattr(self, _LAYERS[stage])
+        delattr(self, _LAYERS[stage])
+        del self._shapes[stage]
+        return layer
 
     def freeze(self) -> "ResNetBackbone":
         """No gradients, BatchNorm in eval mode for good (``train()`` keeps it so)."""

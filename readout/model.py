@@ -8,6 +8,8 @@ from torch import nn
 from .backbone import build_backbone, load_state_dict_exact
 from .decoder import SpatialDecoder
 from .heads import get_head_class
+from .runtime import autocast
+from .transforms import IGNORE_INDEX, train_transform
 
 
 class SegmentationReadout(nn.Module):
@@ -42,6 +44,35 @@ class SegmentationReadout(nn.Module):
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The head's tensors (parameters and BN buffers), plus everything when finetuning."""
+        return {k: v.detach().cpu().clone() for k, v in self.state_dict().items()
+                if self.train_backbone or k.startswith("head.")}
+
+    @staticmethod
+    def training_indices(dataset) -> list[int]:
+        return list(range(len(dataset)))
+
+    @staticmethod
+    def train_sample(item: dict, rng, schedule):
+        return train_transform(item["image"], item["label"], rng, resize=schedule.resize,
+                               crop=tuple(schedule.crop), flip=schedule.flip)
+
+    collate = staticmethod(torch.utils.data.default_collate)
+
+    def training_losses(self, net, batch, device) -> dict[str, torch.Tensor]:
+        """Pixel cross-entropy (ignore 255), plus the weighted auxiliary one if the head has
+        it; `net` is this model or its DDP wrapper."""
+        images, labels = (t.to(device, non_blocking=True) for t in batch)
+        with autocast(device):
+            out = net(images)
+        losses = {"loss_seg": F.cross_entropy(out["out"].float(), labels,
+                                              ignore_index=IGNORE_INDEX)}
+        if "aux" in out:
+            losses["loss_aux"] = self.head.aux_weight * F.cross_entropy(
+                out["aux"].float(), labels, ignore_index=IGNORE_INDEX)
+        return losses
 
 
 def build_segmentation_model(checkpoint: dict, head: str, num_classes: int, *,

@@ -1,13 +1,16 @@
-"""The one readout loop for every segmentation head: SGD + poly LR, random resize / crop /
-flip, ignore index 255, bf16 autocast on CUDA, DistributedDataParallel under torchrun,
-a head checkpoint every N iterations with resume, and whole / sliding-window evaluation.
+"""The one readout loop for every head, segmentation and detection alike: SGD with a poly
+or warmup + step learning rate, bf16 autocast on CUDA, DistributedDataParallel under
+torchrun, a checkpoint of the trainable part every N iterations with resume. The model
+says how a training sample is drawn (``train_sample``, ``collate``), what it trains
+(``trainable_state_dict``) and its loss (``training_losses``); evaluation is per task:
+whole / sliding-window segmentation and COCO box metrics.
 
 Batches are a pure function of (seed, iteration), so a resumed run sees exactly the data
 an uninterrupted one would.
 """
 from __future__ import annotations
 
-import os
+import bisect
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .backbone import save_checkpoint
+from .coco_eval import coco_metrics, to_coco_results
 from .metrics import SegmentationMetric
-from .transforms import IGNORE_INDEX, to_tensor, train_transform
+from .runtime import autocast, init_distributed, world
+from .transforms import to_tensor
+
+__all__ = ["ReadoutSchedule", "train_readout", "evaluate", "evaluate_detection", "predict",
+           "learning_rate", "world", "init_distributed"]
 
 CHECKPOINT_NAME = "readout_checkpoint.pth"
 
@@ -32,45 +39,49 @@ class ReadoutSchedule:
     lr: float
     momentum: float
     weight_decay: float
-    poly_power: float
-    crop: tuple[int, int]
-    resize: dict | None
     flip: bool
     checkpoint_every: int
+    schedule: str = "poly"  # "poly" or "step"
+    poly_power: float = 0.9
+    lr_steps: tuple[int, ...] = ()  # iterations where a step schedule multiplies by gamma
+    gamma: float = 0.1
+    warmup_iterations: int = 0  # linear warmup from warmup_factor (detectron2's rule)
+    warmup_factor: float = 0.001
+    crop: tuple[int, int] | None = None  # segmentation samples only
+    resize: dict | None = None
     num_workers: int = 0
     seed: int = 0
 
 
-class _TrainSamples(torch.utils.data.Dataset):
-    """Sample k = (iteration * world + rank) * per_rank_batch + slot, seeded by (seed, k)."""
+def learning_rate(s: ReadoutSchedule, iteration: int) -> float:
+    """Poly: base (1 - it / total)^power. Step: base gamma^(number of steps passed). Both
+    times detectron2's linear warmup factor f (1 - a) + a, a = it / warmup_iterations."""
+    if s.schedule == "poly":
+        lr = s.lr * (1 - iteration / s.iterations) ** s.poly_power
+    elif s.schedule == "step":
+        lr = s.lr * s.gamma ** bisect.bisect_right(sorted(s.lr_steps), iteration)
+    else:
+        raise ValueError(f"unknown schedule {s.schedule!r}; known: poly, step")
+    if iteration < s.warmup_iterations:
+        alpha = iteration / s.warmup_iterations
+        lr *= s.warmup_factor * (1 - alpha) + alpha
+    return lr
 
-    def __init__(self, dataset, schedule: ReadoutSchedule):
-        self.dataset, self.s = dataset, schedule
+
+class _TrainSamples(torch.utils.data.Dataset):
+    """Sample k = (iteration * world + rank) * per_rank_batch + slot, seeded by (seed, k):
+    an image drawn from `indices`, then the model's ``train_sample(item, rng, schedule)``."""
+
+    def __init__(self, dataset, schedule: ReadoutSchedule, sample_fn, indices: list[int]):
+        self.dataset, self.s, self.sample_fn, self.indices = dataset, schedule, sample_fn, indices
 
     def __len__(self):
         return 2 ** 62
 
     def __getitem__(self, k: int):
         rng = np.random.default_rng([self.s.seed, k])
-        item = self.dataset[int(rng.integers(len(self.dataset)))]
-        return train_transform(item["image"], item["label"], rng, resize=self.s.resize,
-                               crop=tuple(self.s.crop), flip=self.s.flip)
-
-
-def world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def poly_lr(base: float, iteration: int, total: int, power: float) -> float:
-    return base * (1 - iteration / total) ** power
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+        item = self.dataset[self.indices[int(rng.integers(len(self.indices)))]]
+        return self.sample_fn(item, rng, self.s)
 
 
 def train_readout(model, dataset, schedule: ReadoutSchedule, *, device, work_dir,
@@ -90,6 +101,9 @@ def train_readout(model, dataset, schedule: ReadoutSchedule, *, device, work_dir
     per_rank = schedule.batch_size // size
     model.to(device).train()
     params = model.trainable_parameters()
+    indices = model.training_indices(dataset)
+    if not indices:
+        raise ValueError(f"{getattr(dataset, 'name', 'dataset')}: no usable training images")
     optimizer = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum,
                                 weight_decay=schedule.weight_decay)
     net = model
@@ -100,7 +114,7 @@ def train_readout(model, dataset, schedule: ReadoutSchedule, *, device, work_dir
     ckpt_path = work_dir / CHECKPOINT_NAME
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        _load_trainable(model, state["trainable"])
+        _load_trainable(model, state["trainable"], ckpt_path)
         optimizer.load_state_dict(state["optimizer"])
         start, curve = int(state["iteration"]), list(state["curve"])
         if rank == 0:
@@ -111,50 +125,52 @@ def train_readout(model, dataset, schedule: ReadoutSchedule, *, device, work_dir
     order = [((it * size + rank) * per_rank + slot) for it in range(start, end)
              for slot in range(per_rank)]
     loader = torch.utils.data.DataLoader(
-        _TrainSamples(dataset, schedule), batch_size=per_rank, sampler=order,
+        _TrainSamples(dataset, schedule, type(model).train_sample, indices),
+        batch_size=per_rank, sampler=order, collate_fn=type(model).collate,
         num_workers=schedule.num_workers, persistent_workers=False)
     bar = tqdm(total=end - start, initial=0, desc="readout", disable=not progress or rank > 0,
                dynamic_ncols=True)
     t0 = time.perf_counter()
-    for it, (images, labels) in zip(range(start, end), loader):
-        lr = poly_lr(schedule.lr, it, schedule.iterations, schedule.poly_power)
+    for it, batch in zip(range(start, end), loader):
+        lr = learning_rate(schedule, it)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images, labels = images.to(device, non_blocking=True), labels.to(device)
-        with _autocast(device):
-            out = net(images)
-        loss = F.cross_entropy(out["out"].float(), labels, ignore_index=IGNORE_INDEX)
-        if "aux" in out:
-            loss = loss + model.head.aux_weight * F.cross_entropy(
-                out["aux"].float(), labels, ignore_index=IGNORE_INDEX)
+        # randomness inside the step (RPN / ROI box sampling, dropout) is a pure function of
+        # (seed, iteration, rank) too, so a resumed run repeats it exactly
+        torch.manual_seed(int(np.random.SeedSequence([schedule.seed, it, rank])
+                              .generate_state(1)[0]))
+        parts = model.training_losses(net, batch, device)
+        loss = sum(parts.values())
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"readout loss is {loss.item()} at iteration {it}")
+            raise FloatingPointError(f"readout loss is {loss.item()} at iteration {it} "
+                                     f"({ {k: float(v) for k, v in parts.items()} })")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        curve.append({"step": it + 1, "loss": float(loss.detach()), "lr": lr})
+        names = ["loss", *(parts if len(parts) > 1 else [])]
+        values = torch.stack([loss.detach(), *(parts[k].detach() for k in names[1:])]).float()
+        if size > 1:  # the curve shows the mean over ranks
+            dist.all_reduce(values)
+            values /= size
+        curve.append({"step": it + 1, "lr": lr, **dict(zip(names, values.tolist()))})
         done = it + 1
         bar.update(1)
         bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}",
                         img_s=f"{(done - start) * schedule.batch_size / (time.perf_counter() - t0):.1f}")
         if rank == 0 and (done % schedule.checkpoint_every == 0 or done == end):
-            save_checkpoint({"trainable": _trainable_state(model),
+            save_checkpoint({"trainable": model.trainable_state_dict(),
                              "optimizer": optimizer.state_dict(), "iteration": done,
                              "curve": curve}, ckpt_path)
     bar.close()
     return curve
 
 
-def _trainable_state(model) -> dict:
-    """The head's tensors (parameters and BN buffers), plus everything when finetuning."""
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
-            if model.train_backbone or k.startswith("head.")}
-
-
-def _load_trainable(model, state: dict) -> None:
-    missing = set(_trainable_state(model)) - set(state)
-    if missing:
-        raise ValueError(f"readout checkpoint lacks {sorted(missing)[:5]}")
+def _load_trainable(model, state: dict, path) -> None:
+    own = model.trainable_state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{path} does not belong to this readout (missing "
+                         f"{missing[:5]}, unexpected {unexpected[:5]}); delete it to restart")
     model.load_state_dict(state, strict=False)
 
 
@@ -197,7 +213,7 @@ def evaluate(model, dataset, *, num_classes: int, device, mode: str = "whole", c
     indices = range(rank, len(dataset), size)
     for i in tqdm(indices, desc="evaluate", disable=not progress or rank > 0):
         item = dataset[i]
-        with _autocast(device):
+        with autocast(device):
             pred = predict(model, to_tensor(item["image"]).to(device), mode=mode, crop=crop,
                            stride=stride)
         label = torch.from_numpy(item["label"])
@@ -209,10 +225,23 @@ def evaluate(model, dataset, *, num_classes: int, device, mode: str = "whole", c
     return metric.compute()
 
 
-def init_distributed() -> None:
-    """Start the process group under torchrun (NCCL on GPU, gloo on CPU)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+@torch.no_grad()
+def evaluate_detection(model, dataset, *, device, progress: bool = True) -> dict:
+    """COCO box metrics of `model` on a detection dataset (its ``coco`` dict is the ground
+    truth); images are sharded over DDP ranks and the detections gathered."""
+    device = torch.device(device)
+    model.to(device).eval()
+    rank, size = world()
+    results = []
+    for i in tqdm(range(rank, len(dataset), size), desc="evaluate",
+                  disable=not progress or rank > 0):
+        item = dataset[i]
+        with autocast(device):
+            (det,) = model([to_tensor(item["image"]).to(device)])
+        results += to_coco_results(item["image_id"], det["boxes"].float().cpu(),
+                                   det["labels"].cpu(), det["scores"].float().cpu())
+    if size > 1:
+        gathered = [None] * size
+        dist.all_gather_object(gathered, results)
+        results = [r for part in gathered for r in part]
+    return coco_metrics(dataset.coco, results)

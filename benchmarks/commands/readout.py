@@ -38,17 +38,24 @@ def register(sub) -> None:
 
 
 def cmd_list(args) -> int:
-    print(f"{'suite':<26}{'dataset':<12}{'head':<12}{'iters':>8}{'batch':>6}{'lr':>7}"
-          f"  crop       train resize")
+    print(f"{'suite':<24}{'dataset':<13}{'head':<17}{'length':>9}{'batch':>6}{'lr':>7}  "
+          f"training images")
     for name in suite_names():
         s = load_suite(name)
         p = s["protocol"]
-        resize = p["resize"]
-        rs = (f"short {resize['short_side']}" if "short_side" in resize
-              else f"scale {resize['scale']} x {resize['ratio']}")
+        if s["task"] == "object_detection":
+            length = f"{p['epochs']:g} ep"
+            detail = (f"original size, flip={p['flip']}, lr x{p['gamma']:g} at epochs "
+                      f"{p['lr_steps']}")
+        else:
+            length = f"{p['iterations']} it"
+            resize = p["resize"]
+            detail = f"crop {p['crop']} from " + (
+                f"short side {resize['short_side']}" if "short_side" in resize
+                else f"scale {resize['scale']} x {resize['ratio']}")
         tag = " (finetune)" if s.get("finetune") else ""
-        print(f"{name:<26}{s['dataset']:<12}{s['head']:<12}{p['iterations']:>8}"
-              f"{p['batch_size']:>6}{p['lr']:>7}  {str(p['crop']):<10} {rs}{tag}")
+        print(f"{name:<24}{s['dataset']:<13}{s['head']:<17}{length:>9}"
+              f"{p['batch_size']:>6}{p['lr']:>7}  {detail}{tag}")
     return 0
 
 
@@ -87,8 +94,8 @@ def print_records(records: list[dict]) -> None:
             row.append(f"{statistics.mean(vals):.2f}±{statistics.stdev(vals):.2f}"
                        if len(vals) > 1 else "nan")
         print("mean  " + "".join(f"{v:>14}" for v in row))
-    print("per-class IoU (seed 0): " + ", ".join(
-        f"{c} {_fmt(v).strip()}" for c, v in first["per_class_iou"].items()))
+    print(f"per-class {first['per_class_metric']} (seed 0): " + ", ".join(
+        f"{c} {_fmt(v).strip()}" for c, v in first["per_class"].items()))
     print(f"records: {', '.join(r['run_dir'] for r in records)}")
 
 

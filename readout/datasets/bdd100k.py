@@ -171,10 +171,14 @@ class BDD100KDetection:
     def __len__(self) -> int:
         return len(self.coco["images"])
 
+    def annotations(self, index: int) -> list[dict]:
+        """The COCO annotations of image `index` (no image read)."""
+        return self._by_image[self.coco["images"][index]["id"]]
+
     def __getitem__(self, index: int) -> dict:
         info = self.coco["images"][index]
         image = read_rgb(self.image_dir / info["file_name"])
-        anns = self._by_image[info["id"]]
+        anns = self.annotations(index)
         boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
                            a["bbox"][1] + a["bbox"][3]] for a in anns],
                          np.float32).reshape(-1, 4)

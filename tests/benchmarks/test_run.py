@@ -6,6 +6,7 @@ import yaml
 
 from benchmarks.cli import main
 from benchmarks.suite import load_suite, suite_names
+from readout.detection import DETECTORS
 from readout.heads import HEADS
 
 
@@ -32,11 +33,43 @@ def test_run_smoke_writes_the_record(head, tiny_root, r18_path, tmp_path, capsys
     (run_dir,) = list(tmp_path.glob(f"{suite}/*/seed0"))
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["synthetic"] is True and record["scale"] == "smoke"
-    assert math.isfinite(record["metrics"]["mIoU"]) and len(record["per_class_iou"]) == 19
+    assert math.isfinite(record["metrics"]["mIoU"]) and len(record["per_class"]) == 19
     assert len(record["loss_curve"]) == 3
     resolved = yaml.safe_load((run_dir / "resolved_suite.yaml").read_text())
     assert resolved["scale"] == "smoke" and resolved["protocol"]["iterations"] == 3
     assert (run_dir / "per_class.csv").read_text().startswith("class,IoU")
+
+
+@pytest.mark.parametrize("head", sorted(DETECTORS))
+def test_detection_smoke_run_gives_finite_coco_metrics(head, tiny_root, r18_path, tmp_path,
+                                                       capsys):
+    (suite,) = [n for n in suite_names() if load_suite(n)["head"] == head]
+    assert main(["run", "--suite", suite, "--checkpoint", str(r18_path), "--data-root",
+                 str(tiny_root), "--scale", "smoke", "--device", "cpu",
+                 "--out", str(tmp_path)]) == 0
+    assert "SYNTHETIC" in capsys.readouterr().out
+    (run_dir,) = list(tmp_path.glob(f"{suite}/*/seed0"))
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["task"] == "object_detection" and record["synthetic"] is True
+    for key in ("mAP", "AP50", "AP75", "APs", "APm"):  # tiny images hold no large boxes
+        assert 0 <= record["metrics"][key] <= 100, key
+    assert record["per_class_metric"] == "AP" and len(record["per_class"]) == 10
+    # 1 epoch over the training images that have boxes, batch 2
+    assert len(record["loss_curve"]) == record["schedule"]["iterations"] == round(
+        record["train_images_with_boxes"] / 2)
+    assert (run_dir / "per_class.csv").read_text().startswith("class,AP")
+
+
+def test_bad_detection_labels_fail_naming_the_file(tiny_root, r18_path, tmp_path, capsys):
+    import shutil
+    root = tmp_path / "world"
+    shutil.copytree(tiny_root, root)
+    (root / "bdd100k" / "labels" / "det_20" / "det_train.json").write_text("[{\"name\": 3}]")
+    assert main(["run", "--suite", "bdd_det_c4", "--checkpoint", str(r18_path), "--data-root",
+                 str(root), "--scale", "smoke", "--device", "cpu", "--out",
+                 str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "det_train.json" in err and "frame 0" in err
 
 
 def test_bdd_groups_come_from_the_published_table(tiny_root, r18_path, tmp_path):

@@ -4,13 +4,14 @@ import json
 import pytest
 import yaml
 
-from benchmarks.suite import (CITED, SuiteError, load_suite, resolve_suite, suite_hash,
+from benchmarks.suite import (TASKS, SuiteError, load_suite, resolve_suite, suite_hash,
                               suite_names, validate_suite)
+from readout.detection import DETECTORS
 from readout.heads import HEADS
 
 EXPECTED = {"cityscapes_linear", "cityscapes_deeplabv3", "cityscapes_upernet", "bdd_linear",
             "bdd_deeplabv3", "bdd_upernet", "ade20k_linear", "ade20k_upernet",
-            "ade20k_upernet_finetune"}
+            "ade20k_upernet_finetune", "bdd_det_c4", "bdd_det_fpn"}
 
 
 def test_every_issue_suite_exists():
@@ -21,9 +22,10 @@ def test_every_issue_suite_exists():
 def test_suite_is_valid_and_cites_every_number(name):
     suite = load_suite(name)
     assert suite["name"] == name
-    assert all(suite["source"][k].strip() for k in CITED)
+    assert all(suite["source"][k].strip() for k in TASKS[suite["task"]].cited)
     smoke = resolve_suite(name, scale="smoke")
-    assert smoke["scale"] == "smoke" and smoke["protocol"]["iterations"] < 10
+    assert smoke["scale"] == "smoke" and smoke["protocol"]["batch_size"] <= 2
+    assert smoke["protocol"].get("iterations", 0) < 10 and smoke["protocol"].get("epochs", 0) <= 1
 
 
 def test_paper_numbers():
@@ -38,10 +40,33 @@ def test_paper_numbers():
         160000, 16, 0.0005, [512, 512])
     assert load_suite("ade20k_upernet_finetune")["finetune"] is True
     assert load_suite("ade20k_linear")["protocol"] == {**bdd}
+    for name in ("bdd_det_c4", "bdd_det_fpn"):  # FlowE Sec. 4.2
+        det = load_suite(name)["protocol"]
+        assert (det["epochs"], det["batch_size"], det["lr"], det["lr_steps"], det["gamma"]) == (
+            12, 16, 0.02, [8, 11], 0.1)
+
+
+def test_detection_epochs_become_iterations():
+    from benchmarks.runner import protocol_kwargs
+    kw = protocol_kwargs(resolve_suite("bdd_det_c4"), seed=0, train_images=70000)
+    assert (kw["iterations"], kw["lr_steps"]) == (52500, (35000, 48125))
+    assert kw["schedule"] == "step" and kw["warmup_iterations"] == 1000
+
+
+def test_detection_suites_refuse_segmentation_keys():
+    det = load_suite("bdd_det_c4")
+    for key, value, match in (("eval", {"mode": "whole"}, "no \\['eval'\\]"),
+                              ("finetune", True, "frozen backbone only")):
+        with pytest.raises(SuiteError, match=match):
+            validate_suite({**copy.deepcopy(det), key: value})
+    with pytest.raises(SuiteError, match="valid keys: .*protocol.epochs"):
+        resolve_suite("bdd_det_c4", overrides=["protocol.iterations=5"])
+    with pytest.raises(KeyError, match="faster_rcnn_c4"):
+        validate_suite({**copy.deepcopy(det), "head": "retinanet"})
 
 
 def test_every_registered_head_has_a_suite():
-    assert {load_suite(n)["head"] for n in suite_names()} >= set(HEADS)
+    assert {load_suite(n)["head"] for n in suite_names()} >= set(HEADS) | set(DETECTORS)
 
 
 def test_unknown_keys_fail():
