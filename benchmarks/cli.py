@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (UserError, LayoutError, PairMismatchError, FileNotFoundError, KeyError,
-            ValueError) as e:
+            ValueError, FloatingPointError) as e:  # a diverged loss: the last good
+        # readout checkpoint is kept, the message names the iteration
         if args.debug:
             raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
