@@ -5,6 +5,7 @@ Ground-truth flow of consecutive video frames goes to ``bdd100k/flow_gt/<split>/
 (int16 in 1/32 px, so at most 1/64 px quantization error; flows beyond +-1023 px only
 occur on occluded pixels and are clipped). Any other (t, dt) is exact through
 ``SyntheticWorld(preset, seed).frame_pair(video, t, dt)`` using ``synth_manifest.json``.
+The reader is ``pretrain.flow.estimators.read_flow_gt`` (the ``gt`` flow estimator).
 """
 from __future__ import annotations
 
@@ -162,17 +163,6 @@ def write_bdd100k_videos(world: SyntheticWorld, root: Path, progress=True,
 
 def _quantize(flow: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(flow * FLOW_SCALE), -32767, 32767).astype(np.int16)
-
-
-def load_flow_gt(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a ``flow_gt/<split>/<video>.npz``: flows as float32 [T-1, H, W, 2] in pixels for
-    frame pairs (t, t+1), occlusions as bool [T-1, H, W]."""
-    with np.load(path) as z:
-        scale = float(z["scale"])
-        return {"flow_fwd": z["flow_fwd"].astype(np.float32) * scale,
-                "flow_bwd": z["flow_bwd"].astype(np.float32) * scale,
-                "occlusion_fwd": z["occlusion_fwd"], "occlusion_bwd": z["occlusion_bwd"],
-                "fps": float(z["fps"])}
 
 
 def write_ade20k(world: SyntheticWorld, root: Path, progress=True) -> int:

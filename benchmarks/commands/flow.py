@@ -1,0 +1,135 @@
+"""`bench flow precompute | info | show`: the compact flow cache and a picture of a pair."""
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+from ..cli import UserError
+
+ESTIMATOR_NAMES = ("dis", "farneback", "raft_small", "raft_large", "gt")
+
+
+def register(sub) -> None:
+    flow = sub.add_parser("flow", help="optical flow: precompute a cache, inspect it, picture it")
+    fsub = flow.add_subparsers(dest="flow_command", required=True, metavar="ACTION")
+
+    p = fsub.add_parser("precompute", help="cache forward + backward flow of video frame pairs")
+    _video_args(p)
+    p.add_argument("--out", required=True, help="cache folder (re-running resumes it)")
+    p.add_argument("--dt", type=int, nargs="+", default=[15],
+                   help="frame steps to cache (default 15 = 0.5 s at 30 fps, FlowE)")
+    p.add_argument("--every", type=int, default=15,
+                   help="cache pairs starting every N frames (default 15)")
+    p.add_argument("--step", default="1/8",
+                   help="quantization step in pixels (default 1/8: error <= 1/16 px per component)")
+    p.add_argument("--workers", type=int, default=1, help="processes over videos")
+    p.set_defaults(func=cmd_precompute)
+
+    p = fsub.add_parser("info", help="size, compression and quantization error of a cache")
+    p.add_argument("cache")
+    p.set_defaults(func=cmd_info)
+
+    p = fsub.add_parser("show", help="PNG: frames, flow, consistency mask, warp error")
+    _video_args(p)
+    p.add_argument("--video", default=None, help="video name (default: the first)")
+    p.add_argument("--t", type=int, default=0, help="first frame index")
+    p.add_argument("--dt", type=int, default=1, help="frame step")
+    p.add_argument("--cache", default=None, help="read the flow from this cache instead")
+    p.add_argument("--alpha", type=float, nargs=2, default=(0.01, 0.5),
+                   metavar=("A1", "A2"), help="consistency thresholds (PixPro-flow Eq. 3)")
+    p.add_argument("--out", default="flow.png")
+    p.set_defaults(func=cmd_show)
+
+
+def _video_args(p) -> None:
+    p.add_argument("--videos", required=True,
+                   help="a video file or a folder of videos / frame folders (searched recursively)")
+    p.add_argument("--estimator", default="dis", choices=ESTIMATOR_NAMES,
+                   help="dis (CPU default), farneback, raft_small / raft_large (need "
+                        "--weights), gt (synthetic world only)")
+    p.add_argument("--weights", default=None, help="local RAFT weights file")
+    p.add_argument("--backend", default="auto", choices=("auto", "pyav", "opencv"))
+
+
+def _estimator_kwargs(args) -> dict:
+    if args.estimator.startswith("raft"):
+        if not args.weights:
+            from pretrain.flow.estimators import RAFT_WEIGHTS
+            raise UserError(f"{args.estimator} needs --weights PATH: download "
+                            f"{RAFT_WEIGHTS[args.estimator]} on a machine with internet "
+                            f"(nothing is downloaded at run time)")
+        return {"weights": args.weights}
+    return {}
+
+
+def _source(args):
+    from pretrain.data.video import VideoSource
+    source = VideoSource(args.videos, backend=args.backend)
+    if not len(source):
+        raise UserError(f"no videos under {args.videos}")
+    return source
+
+
+def cmd_precompute(args) -> int:
+    from pretrain.flow.cache import FlowCache, precompute
+    source = _source(args)
+    step = float(Fraction(args.step))
+    results = precompute(source, args.out, estimator=args.estimator,
+                         estimator_kwargs=_estimator_kwargs(args), dts=args.dt,
+                         every=args.every, step=step, workers=args.workers)
+    bad = {k: v for k, v in results.items() if isinstance(v, str) and v.startswith("skipped")}
+    print(f"cached {len(results) - len(bad)} of {len(source)} videos in {args.out}")
+    for name, why in bad.items():
+        print(f"  {name}: {why}")
+    _print_info(FlowCache(args.out).info())
+    return 0
+
+
+def _print_info(info: dict) -> None:
+    print(f"estimator {info['estimator']}, Δt {info['dts']} frames, every {info['every']} "
+          f"frames, step {info['step']:.4g} px")
+    print(f"{info['videos']} videos, {info['pairs']} pairs, {info['bytes'] / 2**20:.2f} MiB "
+          f"({info['ratio']:.3f} of float32 = {info['float32_bytes'] / 2**20:.2f} MiB; "
+          f"{info['bytes'] / max(info['pairs'], 1) / 1024:.1f} KiB per pair)")
+    print(f"quantization: max |error| {info['max_abs_error_px']:.4f} px, mean end-point "
+          f"error {info['mean_epe_px']:.4f} px, clipped values {info['clipped_values']}")
+
+
+def cmd_info(args) -> int:
+    from pretrain.flow.cache import FlowCache
+    _print_info(FlowCache(args.cache).info())
+    return 0
+
+
+def cmd_show(args) -> int:
+    import cv2
+    import torch
+    from pretrain.flow import get_estimator
+    from pretrain.flow.show import flow_panel
+    source = _source(args)
+    names = [source.name(i) for i in range(len(source))]
+    name = args.video or names[0]
+    if name not in names:
+        raise UserError(f"no video {name!r} under {args.videos}; known: {', '.join(names[:10])}")
+    index = names.index(name)
+    t1, t2 = args.t, args.t + args.dt
+    image1, image2 = source.read(index, [t1, t2])
+    if args.cache:
+        from pretrain.flow.cache import FlowCache
+        fwd, bwd = FlowCache(args.cache).load(name, t1, t2)
+    else:
+        est = get_estimator(args.estimator, **_estimator_kwargs(args))
+        a, b = (torch.from_numpy(x).permute(2, 0, 1)[None].float() / 255
+                for x in (image1, image2))
+        meta = {"videos": [str(source.items[index])], "frames1": [t1], "frames2": [t2]}
+        fwd = est(a, b, **meta)[0]
+        bwd = est(b, a, **{**meta, "frames1": [t2], "frames2": [t1]})[0]
+    panel = flow_panel(image1, image2, fwd, bwd, alpha1=args.alpha[0], alpha2=args.alpha[1])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(args.out), cv2.cvtColor(panel["image"], cv2.COLOR_RGB2BGR))
+    print(json.dumps({"png": str(args.out), "video": name, "frames": [t1, t2],
+                      "trusted_fraction": round(panel["trusted"], 4),
+                      "warp_error": round(panel["warp_error"], 2),
+                      "no_warp_error": round(panel["no_warp_error"], 2)}))
+    return 0

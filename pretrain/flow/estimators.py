@@ -1,0 +1,196 @@
+"""Optical flow estimators, registered by name: ``get_estimator(name, **kw)`` returns a
+callable ``(img1, img2, **meta) -> flow`` on batches: images float [B, 3, H, W] in [0, 1],
+flow float32 [B, 2, H, W] in pixels, x first, img1(p) ~ img2(p + flow(p)).
+
+- ``dis`` (OpenCV DIS, the CPU default) and ``farneback`` run per image on the CPU;
+- ``raft_large`` / ``raft_small`` (torchvision) run batched, on CUDA when present, with
+  weights from a local file (nothing is downloaded);
+- ``gt`` reads the synthetic world's exact flow and needs ``meta``: which video, which frames.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .geometry import chain
+
+ESTIMATORS: dict[str, type] = {}
+
+
+def register_estimator(name: str):
+    def add(cls):
+        assert name not in ESTIMATORS, f"flow estimator {name!r} registered twice"
+        cls.name = name
+        ESTIMATORS[name] = cls
+        return cls
+    return add
+
+
+def get_estimator(name: str, **kwargs):
+    """An estimator instance; an unknown name lists the registered ones."""
+    if name not in ESTIMATORS:
+        raise KeyError(f"unknown flow estimator {name!r}; known flow estimators: "
+                       f"{', '.join(sorted(ESTIMATORS))}")
+    return ESTIMATORS[name](**kwargs)
+
+
+def to_gray_uint8(images: torch.Tensor) -> list[np.ndarray]:
+    rgb = (images.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu()
+    return [cv2.cvtColor(np.ascontiguousarray(x.numpy()), cv2.COLOR_RGB2GRAY) for x in rgb]
+
+
+class OpenCVFlow:
+    """Base of the per-image OpenCV estimators (threads inside OpenCV, not over images)."""
+
+    def _one(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, img1: torch.Tensor, img2: torch.Tensor, **meta) -> torch.Tensor:
+        flows = [self._one(a, b) for a, b in zip(to_gray_uint8(img1), to_gray_uint8(img2))]
+        return torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2).contiguous().float()
+
+
+@register_estimator("dis")
+class DISFlow(OpenCVFlow):
+    """OpenCV's Dense Inverse Search (Kroeger et al. 2016), preset ultrafast|fast|medium."""
+
+    PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+               "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+               "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+
+    def __init__(self, *, preset: str = "medium"):
+        if preset not in self.PRESETS:
+            raise KeyError(f"DIS preset {preset!r}; known: {', '.join(self.PRESETS)}")
+        self.preset = preset
+        self._dis = None  # OpenCV objects do not pickle: made in the process that runs it
+
+    def _one(self, a, b):
+        if self._dis is None:
+            self._dis = cv2.DISOpticalFlow_create(self.PRESETS[self.preset])
+        return self._dis.calc(a, b, None)
+
+    def __getstate__(self):
+        return {"preset": self.preset, "_dis": None}
+
+
+@register_estimator("farneback")
+class FarnebackFlow(OpenCVFlow):
+    """OpenCV Farneback (pyramid scale 0.5, 5 levels, window 15, 3 iterations, poly 5/1.1)."""
+
+    def _one(self, a, b):
+        return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 5, 15, 3, 5, 1.1, 0)
+
+
+RAFT_WEIGHTS = {
+    "raft_large": "https://download.pytorch.org/models/raft_large_C_T_SKHT_V2-ff5fadd5.pth",
+    "raft_small": "https://download.pytorch.org/models/raft_small_C_T_V2-01064c6d.pth",
+}
+_MISSING = object()
+
+
+class RAFTFlow:
+    """torchvision RAFT. ``weights``: path of the torchvision checkpoint (see RAFT_WEIGHTS;
+    download it on a machine with internet), or None for random init (tests only)."""
+
+    arch = ""
+
+    def __init__(self, *, weights=_MISSING, device: str | None = None, iterations: int = 12):
+        import torchvision.models.optical_flow as of
+        if weights is _MISSING:
+            raise ValueError(
+                f"{self.name} needs local weights: download {RAFT_WEIGHTS[self.name]} "
+                f"(torchvision's {self.name} C_T weights) and pass weights=PATH "
+                f"(CLI: --flow-weights PATH); nothing is downloaded at run time")
+        self.model = getattr(of, self.arch)(weights=None)
+        if weights is not None:
+            path = Path(weights)
+            if not path.is_file():
+                raise FileNotFoundError(f"RAFT weights {path} do not exist; get them from "
+                                        f"{RAFT_WEIGHTS[self.name]}")
+            self.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device).eval()
+        self.iterations = iterations
+
+    @torch.no_grad()
+    def __call__(self, img1: torch.Tensor, img2: torch.Tensor, **meta) -> torch.Tensor:
+        H, W = img1.shape[-2:]
+        scale = max(1.0, 128 / min(H, W))  # its correlation pyramid needs sides >= 128
+        h, w = round(H * scale), round(W * scale)
+        pad = (0, (-w) % 8, 0, (-h) % 8)  # and sides divisible by 8
+        a, b = (F.pad(F.interpolate(x.to(self.device).float(), size=(h, w), mode="bilinear",
+                                    align_corners=False) * 2 - 1, pad, mode="replicate")
+                for x in (img1, img2))
+        flow = self.model(a, b, num_flow_updates=self.iterations)[-1][..., :h, :w]
+        if scale > 1:
+            flow = F.interpolate(flow, size=(H, W), mode="bilinear", align_corners=False)
+            flow = flow * torch.tensor([W / w, H / h], device=flow.device).view(1, 2, 1, 1)
+        return flow.float().cpu()
+
+
+@register_estimator("raft_large")
+class RAFTLarge(RAFTFlow):
+    arch = "raft_large"
+
+
+@register_estimator("raft_small")
+class RAFTSmall(RAFTFlow):
+    arch = "raft_small"
+
+
+@register_estimator("gt")
+class GroundTruthFlow:
+    """The synthetic world's exact flow (``bdd100k/flow_gt/<split>/<video>.npz``, consecutive
+    frames, chained for larger steps). Called with ``videos`` (video file paths under
+    ``bdd100k/videos/<split>/``), ``frames1`` and ``frames2`` (frame indices) per item."""
+
+    def __init__(self, *, cache_size: int = 4):
+        self._cache: dict[str, dict] = {}
+        self.cache_size = cache_size
+
+    def flow_file(self, video) -> Path:
+        video = Path(video)
+        path = video.parents[2] / "flow_gt" / video.parent.name / f"{video.stem}.npz"
+        if not path.is_file():
+            raise FileNotFoundError(f"no ground-truth flow {path} for {video} (only the "
+                                    f"synthetic world has it: bench data synth)")
+        return path
+
+    def pair(self, video, t1: int, t2: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(flow t1 -> t2, flow t2 -> t1) as [2, H, W], t1 < t2."""
+        key = str(video)
+        if key not in self._cache:
+            if len(self._cache) >= self.cache_size:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = read_flow_gt(self.flow_file(video))
+        gt = self._cache[key]
+        if not 0 <= t1 < t2 <= len(gt["flow_fwd"]):
+            raise ValueError(f"{video}: ground truth covers frames 0..{len(gt['flow_fwd'])}, "
+                             f"asked {t1} -> {t2}")
+        fwd, _ = chain([gt["flow_fwd"][t][None] for t in range(t1, t2)])
+        bwd, _ = chain([gt["flow_bwd"][t][None] for t in reversed(range(t1, t2))])
+        return fwd[0], bwd[0]
+
+    def __call__(self, img1, img2, *, videos, frames1, frames2, **meta) -> torch.Tensor:
+        out = []
+        for v, a, b in zip(videos, frames1, frames2):
+            fwd, bwd = self.pair(v, min(a, b), max(a, b))
+            out.append(fwd if a < b else bwd)
+        return torch.stack(out)
+
+
+def read_flow_gt(path) -> dict[str, torch.Tensor]:
+    """flow_gt npz -> {"flow_fwd", "flow_bwd": float32 [T-1, 2, H, W] pixels, "occlusion_fwd",
+    "occlusion_bwd": bool [T-1, H, W], "fps"} (the layout ``bench data synth`` writes)."""
+    with np.load(path) as z:
+        scale = float(z["scale"])
+        return {"flow_fwd": torch.from_numpy(z["flow_fwd"].astype(np.float32) * scale)
+                .permute(0, 3, 1, 2).contiguous(),
+                "flow_bwd": torch.from_numpy(z["flow_bwd"].astype(np.float32) * scale)
+                .permute(0, 3, 1, 2).contiguous(),
+                "occlusion_fwd": torch.from_numpy(z["occlusion_fwd"]),
+                "occlusion_bwd": torch.from_numpy(z["occlusion_bwd"]), "fps": float(z["fps"])}

@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import torch
+
+from pretrain.flow import ESTIMATORS, chain, consistency_mask, get_estimator, view_flow, warp
+from pretrain.flow.geometry import apply_affine, pixel_grid, sample_at
+
+
+def _t(image):
+    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+
+
+def _flow(f):
+    return torch.from_numpy(f).permute(2, 0, 1)[None]
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_world):
+    return tiny_world.frame_pair(0, 4, 1)
+
+
+def _video_path(tiny_root, tiny_world):
+    spec = tiny_world.videos[0]
+    return tiny_root / "bdd100k" / "videos" / spec.split / f"{spec.name}.mov"
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_every_estimator_keeps_the_contract(name, pair, tiny_root, tiny_world):
+    kwargs = {"weights": None} if name.startswith("raft") else {}
+    est = get_estimator(name, **kwargs)
+    a = torch.cat([_t(pair["image1"])] * 2)
+    b = torch.cat([_t(pair["image2"])] * 2)
+    meta = {"videos": [_video_path(tiny_root, tiny_world)] * 2, "frames1": [4, 4],
+            "frames2": [5, 5]}
+    flow = est(a, b, **meta)
+    assert flow.shape == (2, 2, *a.shape[-2:]) and flow.dtype == torch.float32
+    assert torch.isfinite(flow).all()
+
+
+def test_unknown_estimator_and_missing_raft_weights():
+    with pytest.raises(KeyError, match="dis"):
+        get_estimator("pwc")
+    with pytest.raises(ValueError, match="download.pytorch.org"):
+        get_estimator("raft_small")
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        get_estimator("raft_small", weights="nope.pth")
+
+
+def test_dis_end_point_error_is_far_below_zero_flow(tiny_world):
+    errors, zeros = [], []
+    for video in range(len(tiny_world.videos)):
+        p = tiny_world.frame_pair(video, 3, 1)
+        flow = get_estimator("dis")(_t(p["image1"]), _t(p["image2"]))
+        gt, vis = _flow(p["flow_fwd"]), torch.from_numpy(~p["occlusion_fwd"])[None]
+        errors.append((flow - gt).norm(dim=1)[vis].median().item())
+        zeros.append(gt.norm(dim=1)[vis].median().item())
+    assert np.mean(errors) < 0.25 * np.mean(zeros), (errors, zeros)
+
+
+def test_warping_frame2_with_true_flow_gives_frame1(pair):
+    vis = torch.from_numpy(~pair["occlusion_fwd"])[None]
+    a, b = _t(pair["image1"]) * 255, _t(pair["image2"]) * 255
+    warped = warp(b, _flow(pair["flow_fwd"]))
+    err = (warped - a).abs().mean(1)[vis].mean()
+    assert err < 0.5 * (b - a).abs().mean(1)[vis].mean() and err < 10
+
+
+def test_consistency_mask_recovers_ground_truth_occlusion(tiny_world):
+    p = tiny_world.frame_pair(1, 3, 2)
+    mask = consistency_mask(_flow(p["flow_fwd"]), _flow(p["flow_bwd"]), alpha1=0.1,
+                            alpha2=0.5)[0]
+    occ = torch.from_numpy(p["occlusion_fwd"])
+    assert occ.any()
+    assert (~mask)[occ].float().mean() > 0.9  # most occlusions found
+    assert mask[~occ].float().mean() > 0.9  # most visible pixels kept
+
+
+def test_chaining_one_step_flows_gives_the_two_step_flow(tiny_world):
+    p01, p12 = tiny_world.frame_pair(2, 3, 1), tiny_world.frame_pair(2, 4, 1)
+    p02 = tiny_world.frame_pair(2, 3, 2)
+    chained, valid = chain([_flow(p01["flow_fwd"]), _flow(p12["flow_fwd"])])
+    vis = torch.from_numpy(~p02["occlusion_fwd"] & ~p01["occlusion_fwd"])[None] & valid
+    err = (chained - _flow(p02["flow_fwd"])).norm(dim=1)[vis]
+    assert err.median() < 0.05 and (err < 1).float().mean() > 0.95
+
+
+def test_view_flow_composes_crops_and_affine_maps(pair):
+    """view_k(q) = frame_k(A_k q); the composed flow must align the rendered views."""
+    a, b = _t(pair["image1"]) * 255, _t(pair["image2"]) * 255
+    H, W = a.shape[-2:]
+    theta = np.deg2rad(10)
+    A1 = torch.tensor([[[0.9, 0.0, 6.0], [0.0, 0.9, 4.0], [0, 0, 1]]])  # scale + crop
+    A2 = torch.tensor([[[1.1 * np.cos(theta), -1.1 * np.sin(theta), 10.0],
+                        [1.1 * np.sin(theta), 1.1 * np.cos(theta), -3.0], [0, 0, 1]]],
+                      dtype=torch.float32)  # rotation + scale + shift
+    size = (48, 96)
+    grid = pixel_grid(*size)[None]
+    view1 = sample_at(a, apply_affine(A1, grid))
+    view2 = sample_at(b, apply_affine(A2, grid))
+    F, inside = view_flow(_flow(pair["flow_fwd"]), A1, A2, size)
+    occ = sample_at(torch.from_numpy(pair["occlusion_fwd"]).float()[None, None],
+                    apply_affine(A1, grid), mode="nearest")[:, 0] > 0
+    ok = inside & ~occ & (F + grid)[:, 0].ge(0) & (F + grid)[:, 0].le(size[1] - 1) & (
+        F + grid)[:, 1].ge(0) & (F + grid)[:, 1].le(size[0] - 1)
+    aligned = (warp(view2, F) - view1).abs().mean(1)[ok].mean()
+    unaligned = (view2 - view1).abs().mean(1)[ok].mean()
+    assert ok.float().mean() > 0.5 and aligned < 0.4 * unaligned
+    same, _ = view_flow(torch.zeros(1, 2, H, W), A1, A1, size)
+    assert same.abs().max() < 1e-4  # one view of one frame: zero flow
