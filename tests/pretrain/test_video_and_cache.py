@@ -109,3 +109,28 @@ def test_bench_flow_precompute_resume_info_show(videos, tmp_path, capsys):
     assert main(["flow", "precompute", "--videos", str(videos), "--estimator", "dis",
                  "--out", str(out)]) == 2  # another estimator into the same cache
     assert "another --out" in capsys.readouterr().err
+
+
+def test_frame_folders_are_videos_too(videos, tmp_path):
+    import cv2
+    source = VideoSource(videos, backend="opencv")
+    folder = tmp_path / "frames" / "clip0"
+    folder.mkdir(parents=True)
+    for k, frame in enumerate(source.read(0, list(range(8)))):
+        cv2.imwrite(str(folder / f"{k:05d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    frames = VideoSource(tmp_path / "frames", frames_fps=10.0)
+    assert len(frames) == 1 and frames.open(0).info.num_frames == 8
+    item = FramePairs(frames, dt_seconds=0.2, repeats=2)[0]
+    assert (item["frame_index"][:, 1] - item["frame_index"][:, 0] == 2).all()
+    assert np.array_equal(item["frames"][0, 0].numpy(),
+                          source.read(0, [int(item["frame_index"][0, 0])])[0])
+
+
+def test_bad_videos_do_not_stop_dataloader_workers(videos_with_bad_files):
+    pairs = FramePairs(VideoSource(videos_with_bad_files, backend="pyav"), dt_frames=2)
+    loader = torch.utils.data.DataLoader(pairs, batch_size=4, num_workers=2,
+                                         collate_fn=collate_pairs)
+    batches = list(loader)
+    assert sum(len(b["video"]) for b in batches) == 7
+    assert {p.split("/")[-1] for b in batches for p in b["skipped"]} == {"truncated.mov",
+                                                                         "notes.mp4"}
