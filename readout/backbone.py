@@ -159,13 +159,13 @@ def read_checkpoint(path: str | Path) -> dict:
         obj.setdefault("meta", {})
         return obj
     if isinstance(obj, dict) and "conv1.weight" in obj and "layer4.0.conv1.weight" in obj:
-        return {"format": FORMAT, "arch": _guess_arch(obj), "state_dict": obj,
+        return {"format": FORMAT, "arch": guess_arch(obj), "state_dict": obj,
                 "decoder": None, "meta": {"method": "torchvision", "imported_from": str(path)}}
     raise CheckpointError(f"{path} is neither a {FORMAT} checkpoint nor a torchvision ResNet "
                           f"state dict (top-level keys: {list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__})")
 
 
-def _guess_arch(state: dict) -> str:
+def guess_arch(state: dict) -> str:
     blocks = {k.split(".")[1] for k in state if k.startswith("layer3.")}
     bottleneck = "layer1.0.conv3.weight" in state
     depth = {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50",

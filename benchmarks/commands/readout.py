@@ -35,6 +35,18 @@ def register(sub) -> None:
     p = csub.add_parser("info", help="format, arch, decoder and meta of a checkpoint")
     p.add_argument("path")
     p.set_defaults(func=cmd_info)
+    p = csub.add_parser("export", help="write a backbone for detectron2 (.pkl) or mmseg/mmdet")
+    p.add_argument("--to", required=True, choices=("detectron2", "mmseg"))
+    p.add_argument("path", help="flowssl-backbone/1 or torchvision checkpoint")
+    p.add_argument("out")
+    p.set_defaults(func=cmd_export)
+    p = csub.add_parser("import", help="turn a torchvision / detectron2 .pkl / mmseg "
+                        "checkpoint into flowssl-backbone/1")
+    p.add_argument("--from", dest="source", required=True,
+                   choices=("torchvision", "detectron2", "mmseg"))
+    p.add_argument("path")
+    p.add_argument("out")
+    p.set_defaults(func=cmd_import)
 
 
 def cmd_list(args) -> int:
@@ -117,4 +129,26 @@ def cmd_info(args) -> int:
           f"sha256   {file_sha256(args.path)}")
     for k, v in ck.get("meta", {}).items():
         print(f"meta.{k:<14}{v}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from readout.backbone import read_checkpoint
+    from ..convert import EXPORTERS
+    print(f"exporting {args.path} to {args.to} {args.out}:")
+    EXPORTERS[args.to](read_checkpoint(args.path), args.out)
+    if args.to == "detectron2":
+        print("detectron2 config for torchvision-style weights: MODEL.RESNETS.STRIDE_IN_1X1 "
+              "False, INPUT.FORMAT RGB, MODEL.PIXEL_MEAN [123.675, 116.28, 103.53], "
+              "MODEL.PIXEL_STD [58.395, 57.12, 57.375]")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from readout.backbone import file_sha256, save_checkpoint
+    from ..convert import IMPORTERS
+    print(f"importing {args.source} checkpoint {args.path}:")
+    save_checkpoint(IMPORTERS[args.source](args.path), args.out)
+    print(f"wrote {args.out} (sha256 {file_sha256(args.out)[:12]})")
     return 0

@@ -1,0 +1,201 @@
+"""Checkpoint converters between the ``flowssl-backbone/1`` contract (torchvision ResNet key
+names) and other formats. Every converter prints each mapped key and fails on any key it
+cannot map.
+
+- export ``detectron2``: a ``.pkl`` of ``{"model": {name: numpy array}, "__author__",
+  "matching_heuristics": True}`` with detectron2 ResNet names (``stem.conv1``,
+  ``res2.0.conv1.norm``, ``shortcut``), as MoCo's convert-pretrain-to-detectron2 writes.
+  torchvision weights put the stride in the 3x3 conv and expect RGB in [0, 1] normalised
+  with ImageNet mean/std: set ``MODEL.RESNETS.STRIDE_IN_1X1 False``, ``INPUT.FORMAT RGB``
+  and the matching ``PIXEL_MEAN/STD`` in detectron2.
+- export ``mmseg`` (also mmdet): ``{"state_dict": {"backbone." + name: tensor}, "meta"}``;
+  mmcv's ResNet uses torchvision's names.
+- import ``torchvision`` (a ResNet state dict), ``detectron2`` (such a ``.pkl``, read by a
+  restricted unpickler that accepts only plain containers and numpy arrays) and ``mmseg``.
+"""
+from __future__ import annotations
+
+import datetime
+import io
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from readout.backbone import (FORMAT, CheckpointError, ResNetBackbone, guess_arch,
+                              load_state_dict_exact, read_checkpoint, save_checkpoint)
+
+SKIPPED = ("num_batches_tracked",)  # BN counters: no counterpart in detectron2, not weights
+
+
+def _to_detectron2_name(key: str) -> str | None:
+    m = re.fullmatch(r"conv1\.weight", key)
+    if m:
+        return "stem.conv1.weight"
+    m = re.fullmatch(r"bn1\.(weight|bias|running_mean|running_var)", key)
+    if m:
+        return f"stem.conv1.norm.{m[1]}"
+    m = re.fullmatch(r"layer(\d)\.(\d+)\.(.+)", key)
+    if not m:
+        return None
+    stage, block, rest = int(m[1]) + 1, m[2], m[3]
+    for pattern, repl in ((r"conv(\d)\.weight", r"conv\1.weight"),
+                          (r"bn(\d)\.(weight|bias|running_mean|running_var)", r"conv\1.norm.\2"),
+                          (r"downsample\.0\.weight", "shortcut.weight"),
+                          (r"downsample\.1\.(weight|bias|running_mean|running_var)",
+                           r"shortcut.norm.\1")):
+        if re.fullmatch(pattern, rest):
+            return f"res{stage}.{block}.{re.sub(pattern, repl, rest)}"
+    return None
+
+
+def _map(keys, name_fn, what: str, log) -> dict[str, str]:
+    """{source key: target key}; prints each mapping, fails listing unmapped keys."""
+    mapping, unmapped = {}, []
+    for key in keys:
+        if key.endswith(SKIPPED):
+            log(f"  {key:<48} (skipped: BatchNorm counter)")
+            continue
+        target = name_fn(key)
+        if target is None:
+            unmapped.append(key)
+        else:
+            mapping[key] = target
+            log(f"  {key:<48} -> {target}")
+    if unmapped:
+        raise CheckpointError(f"{what}: {len(unmapped)} key(s) cannot be mapped: "
+                              f"{', '.join(unmapped[:20])}")
+    return mapping
+
+
+def _backbone_state(checkpoint: dict, log) -> dict[str, torch.Tensor]:
+    state = dict(checkpoint["state_dict"])
+    for k in ("fc.weight", "fc.bias"):
+        if state.pop(k, None) is not None:
+            log(f"  {k:<48} (dropped: ImageNet classifier)")
+    return state
+
+
+def export_detectron2(checkpoint: dict, out, *, log=print) -> dict:
+    state = _backbone_state(checkpoint, log)
+    mapping = _map(state, _to_detectron2_name, "detectron2 export", log)
+    model = {dst: state[src].detach().cpu().numpy() for src, dst in mapping.items()}
+    obj = {"model": model, "__author__": f"flowssl-bench ({checkpoint.get('meta', {}).get('method', '?')})",
+           "matching_heuristics": True}
+    _atomic_bytes(Path(out), pickle.dumps(obj, protocol=2))
+    return obj
+
+
+def export_mmseg(checkpoint: dict, out, *, log=print) -> dict:
+    state = _backbone_state(checkpoint, log)
+    mapping = _map(state, lambda k: f"backbone.{k}", "mmseg export", log)
+    obj = {"state_dict": {dst: state[src].detach().cpu().clone() for src, dst in mapping.items()},
+           "meta": {"source_format": FORMAT, "arch": checkpoint["arch"],
+                    **{k: str(v) for k, v in checkpoint.get("meta", {}).items()
+                       if k in ("method", "pretrain_data", "epochs", "git_sha")}}}
+    save_checkpoint(obj, out)
+    return obj
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Plain containers, numbers, strings and numpy arrays only: any other global (a class
+    or function a pickle could call) is refused before it is called."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise CheckpointError(f"refusing to unpickle {module}.{name}: only plain data "
+                              f"(dicts, lists, numbers, strings, numpy arrays) is accepted")
+
+
+def read_plain_pickle(path) -> object:
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return _PlainUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a readable pickle ({e})") from None
+
+
+def _from_detectron2_name(key: str) -> str | None:
+    m = re.fullmatch(r"stem\.conv1\.weight", key)
+    if m:
+        return "conv1.weight"
+    m = re.fullmatch(r"stem\.conv1\.norm\.(weight|bias|running_mean|running_var)", key)
+    if m:
+        return f"bn1.{m[1]}"
+    m = re.fullmatch(r"res(\d)\.(\d+)\.(.+)", key)
+    if not m:
+        return None
+    layer, block, rest = int(m[1]) - 1, m[2], m[3]
+    for pattern, repl in ((r"conv(\d)\.weight", r"conv\1.weight"),
+                          (r"conv(\d)\.norm\.(weight|bias|running_mean|running_var)", r"bn\1.\2"),
+                          (r"shortcut\.weight", "downsample.0.weight"),
+                          (r"shortcut\.norm\.(weight|bias|running_mean|running_var)",
+                           r"downsample.1.\1")):
+        if re.fullmatch(pattern, rest):
+            return f"layer{layer}.{block}.{re.sub(pattern, repl, rest)}"
+    return None
+
+
+def _wrap(state: dict[str, torch.Tensor], source: str, path, log) -> dict:
+    arch = guess_arch(state)
+    backbone = ResNetBackbone(arch=arch)
+    full = {**{k: v for k, v in backbone.state_dict().items() if k.endswith(SKIPPED)}, **state}
+    load_state_dict_exact(backbone, full, f"{source} checkpoint {path}")
+    log(f"imported {len(state)} tensors as {arch} from {source} file {path}")
+    return {"format": FORMAT, "arch": arch, "state_dict": full, "decoder": None,
+            "meta": {"method": f"imported:{source}", "imported_from": str(path),
+                     "pretrain_data": "", "epochs": 0, "iterations": 0, "config": {},
+                     "git_sha": "", "mlflow_run_id": "",
+                     "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}}
+
+
+def import_detectron2(path, *, log=print) -> dict:
+    obj = read_plain_pickle(path)
+    model = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(model, dict):
+        raise CheckpointError(f"{path}: expected a dict with 'model' (detectron2 .pkl)")
+    mapping = _map(model, _from_detectron2_name, f"detectron2 import of {path}", log)
+    state = {dst: torch.from_numpy(np.ascontiguousarray(model[src])) for src, dst in mapping.items()}
+    return _wrap(state, "detectron2", path, log)
+
+
+def import_torchvision(path, *, log=print) -> dict:
+    ck = read_checkpoint(path)
+    if ck["meta"].get("method") != "torchvision":
+        raise CheckpointError(f"{path} is already a {FORMAT} checkpoint, not a torchvision one")
+    state = _backbone_state(ck, log)
+    _map(state, lambda k: k, f"torchvision import of {path}", log)
+    return _wrap(state, "torchvision", path, log)
+
+
+def import_mmseg(path, *, log=print) -> dict:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict with backbone.* keys")
+    backbone = {k: v for k, v in state.items() if k.startswith("backbone.")}
+    others = sorted(set(state) - set(backbone))
+    if others:
+        log(f"  ignoring {len(others)} non-backbone keys (heads): {', '.join(others[:5])}")
+    mapping = _map(backbone, lambda k: k[len("backbone."):], f"mmseg import of {path}", log)
+    return _wrap({dst: backbone[src] for src, dst in mapping.items()}, "mmseg", path, log)
+
+
+EXPORTERS = {"detectron2": export_detectron2, "mmseg": export_mmseg}
+IMPORTERS = {"torchvision": import_torchvision, "detectron2": import_detectron2,
+             "mmseg": import_mmseg}
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
