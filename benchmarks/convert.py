@@ -30,24 +30,35 @@ from readout.backbone import (FORMAT, CheckpointError, ResNetBackbone, guess_arc
 SKIPPED = ("num_batches_tracked",)  # BN counters: no counterpart in detectron2, not weights
 
 
-def _to_detectron2_name(key: str) -> str | None:
-    m = re.fullmatch(r"conv1\.weight", key)
-    if m:
-        return "stem.conv1.weight"
-    m = re.fullmatch(r"bn1\.(weight|bias|running_mean|running_var)", key)
-    if m:
-        return f"stem.conv1.norm.{m[1]}"
-    m = re.fullmatch(r"layer(\d)\.(\d+)\.(.+)", key)
-    if not m:
-        return None
-    stage, block, rest = int(m[1]) + 1, m[2], m[3]
-    for pattern, repl in ((r"conv(\d)\.weight", r"conv\1.weight"),
-                          (r"bn(\d)\.(weight|bias|running_mean|running_var)", r"conv\1.norm.\2"),
-                          (r"downsample\.0\.weight", "shortcut.weight"),
-                          (r"downsample\.1\.(weight|bias|running_mean|running_var)",
-                           r"shortcut.norm.\1")):
-        if re.fullmatch(pattern, rest):
-            return f"res{stage}.{block}.{re.sub(pattern, repl, rest)}"
+# torchvision name <-> detectron2 name; {L} = torchvision layer, {R} = detectron2 stage L + 1
+RENAMES = (
+    ("conv1.weight", "stem.conv1.weight"),
+    ("bn1.{p}", "stem.conv1.norm.{p}"),
+    ("layer{L}.{b}.conv{k}.weight", "res{R}.{b}.conv{k}.weight"),
+    ("layer{L}.{b}.bn{k}.{p}", "res{R}.{b}.conv{k}.norm.{p}"),
+    ("layer{L}.{b}.downsample.0.weight", "res{R}.{b}.shortcut.weight"),
+    ("layer{L}.{b}.downsample.1.{p}", "res{R}.{b}.shortcut.norm.{p}"),
+)
+_FIELDS = {"L": r"(?P<L>[1-4])", "R": r"(?P<R>[2-5])", "b": r"(?P<b>\d+)", "k": r"(?P<k>\d)",
+           "p": r"(?P<p>weight|bias|running_mean|running_var)"}
+
+
+def _pattern(template: str) -> re.Pattern:
+    return re.compile(re.escape(template).replace(r"\{", "{").replace(r"\}", "}")
+                      .format(**_FIELDS))
+
+
+def _rename(key: str, to_detectron2: bool) -> str | None:
+    for tv, d2 in RENAMES:
+        src, dst = (tv, d2) if to_detectron2 else (d2, tv)
+        m = _pattern(src).fullmatch(key)
+        if m:
+            f = m.groupdict()
+            if "L" in f:
+                f["R"] = int(f["L"]) + 1
+            if "R" in f and "L" not in f:
+                f["L"] = int(f["R"]) - 1
+            return dst.format(**f)
     return None
 
 
@@ -80,7 +91,7 @@ def _backbone_state(checkpoint: dict, log) -> dict[str, torch.Tensor]:
 
 def export_detectron2(checkpoint: dict, out, *, log=print) -> dict:
     state = _backbone_state(checkpoint, log)
-    mapping = _map(state, _to_detectron2_name, "detectron2 export", log)
+    mapping = _map(state, lambda k: _rename(k, True), "detectron2 export", log)
     model = {dst: state[src].detach().cpu().numpy() for src, dst in mapping.items()}
     obj = {"model": model, "__author__": f"flowssl-bench ({checkpoint.get('meta', {}).get('method', '?')})",
            "matching_heuristics": True}
@@ -123,27 +134,6 @@ def read_plain_pickle(path) -> object:
         raise CheckpointError(f"{path}: not a readable pickle ({e})") from None
 
 
-def _from_detectron2_name(key: str) -> str | None:
-    m = re.fullmatch(r"stem\.conv1\.weight", key)
-    if m:
-        return "conv1.weight"
-    m = re.fullmatch(r"stem\.conv1\.norm\.(weight|bias|running_mean|running_var)", key)
-    if m:
-        return f"bn1.{m[1]}"
-    m = re.fullmatch(r"res(\d)\.(\d+)\.(.+)", key)
-    if not m:
-        return None
-    layer, block, rest = int(m[1]) - 1, m[2], m[3]
-    for pattern, repl in ((r"conv(\d)\.weight", r"conv\1.weight"),
-                          (r"conv(\d)\.norm\.(weight|bias|running_mean|running_var)", r"bn\1.\2"),
-                          (r"shortcut\.weight", "downsample.0.weight"),
-                          (r"shortcut\.norm\.(weight|bias|running_mean|running_var)",
-                           r"downsample.1.\1")):
-        if re.fullmatch(pattern, rest):
-            return f"layer{layer}.{block}.{re.sub(pattern, repl, rest)}"
-    return None
-
-
 def _wrap(state: dict[str, torch.Tensor], source: str, path, log) -> dict:
     arch = guess_arch(state)
     backbone = ResNetBackbone(arch=arch)
@@ -162,7 +152,8 @@ def import_detectron2(path, *, log=print) -> dict:
     model = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(model, dict):
         raise CheckpointError(f"{path}: expected a dict with 'model' (detectron2 .pkl)")
-    mapping = _map(model, _from_detectron2_name, f"detectron2 import of {path}", log)
+    mapping = _map(model, lambda k: _rename(k, False), f"detectron2 import of {path}",
+                   log)
     state = {dst: torch.from_numpy(np.ascontiguousarray(model[src])) for src, dst in mapping.items()}
     return _wrap(state, "detectron2", path, log)
 
