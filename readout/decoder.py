@@ -1,8 +1,9 @@
 """PooDLe's spatial decoder module (SDM), kept for the linear readout (PooDLe Sec. 4.1).
 
-PooDLe App. A: two blocks, each a 2x upsampling, a 1x1 lateral conv that up-projects the
-skip feature to the decoder channels (1024 -> 2048 from res4, then 512 -> 2048 from res3)
-added to it, and one ResNet bottleneck with an 8x channel reduction. Output stride 32 -> 8.
+PooDLe App. A: two blocks, each a 2x upsampling, one ResNet bottleneck g with an 8x channel
+reduction, and a 1x1 lateral conv that up-projects the skip feature to the decoder channels
+(1024 -> 2048 from res4, then 512 -> 2048 from res3), added after g (Eq. 3:
+z^(l+1) = g(upsample(z^(l))) + lateral(z^(j))). Output stride 32 -> 8.
 Its configuration is read from the checkpoint's tensor shapes.
 """
 from __future__ import annotations
@@ -59,5 +60,5 @@ class SpatialDecoder(nn.Module):
         for lateral, block, skip in zip(self.laterals, self.blocks, self.skips):
             s = features[skip]
             x = F.interpolate(x, size=s.shape[-2:], mode="bilinear", align_corners=False)
-            x = block(x + lateral(s))
+            x = block(x) + lateral(s)  # PooDLe Eq. 3: z' = g(upsample(z)) + lateral(z_j)
         return x

@@ -84,3 +84,23 @@ def test_poodle_decoder_is_kept_for_the_linear_readout():
     assert out["out"].shape == (1, 4, 64, 64)
     upernet = build_segmentation_model(ck, "upernet", 4, log=lambda *_: None)
     assert upernet.decoder is None  # discarded for UperNet (PooDLe Sec. 4.1)
+
+
+def test_decoder_adds_the_lateral_after_the_block():
+    """PooDLe Eq. 3: z' = g(upsample(z)) + lateral(z_j)."""
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    dec = SpatialDecoder(channels=64, lateral_channels=(32, 16), reduction=8).eval()
+    feats = {"res5": torch.randn(1, 64, 2, 3), "res4": torch.randn(1, 32, 4, 6),
+             "res3": torch.randn(1, 16, 8, 12)}
+    with torch.no_grad():
+        for lat in dec.laterals:
+            lat.weight.zero_()
+            lat.bias.fill_(0.5)
+        out = dec(feats)
+        x = feats["res5"]
+        for block, skip in zip(dec.blocks, ("res4", "res3")):
+            x = F.interpolate(x, size=feats[skip].shape[-2:], mode="bilinear",
+                              align_corners=False)
+            x = block(x) + 0.5
+    assert torch.allclose(out, x)
