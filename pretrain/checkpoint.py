@@ -1,0 +1,44 @@
+"""Writing pretrained backbones in the ``flowssl-backbone/1`` contract of DESIGN.md: the only
+thing `readout` and the converters ever read from `pretrain`."""
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+from pathlib import Path
+
+import torch
+
+FORMAT = "flowssl-backbone/1"
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def backbone_checkpoint(*, arch: str, state_dict: dict, decoder_state: dict | None = None,
+                        method: str, pretrain_data: str, epochs: float, iterations: int,
+                        config: dict, mlflow_run_id: str = "") -> dict:
+    return {"format": FORMAT, "arch": arch,
+            "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()},
+            "decoder": ({"kind": "sdm", "state_dict": {k: v.detach().cpu().clone()
+                                                       for k, v in decoder_state.items()}}
+                        if decoder_state else None),
+            "meta": {"method": method, "pretrain_data": pretrain_data, "epochs": epochs,
+                     "iterations": iterations, "config": config, "git_sha": git_sha(),
+                     "mlflow_run_id": mlflow_run_id,
+                     "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}}
+
+
+def write_checkpoint(checkpoint: dict, path) -> Path:
+    """Atomic: a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,34 @@
+"""Loss functions of the pretraining methods, pure and shape-annotated."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .flow.geometry import warp
+
+
+def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL (Grill et al. 2020, Eq. 2): ||p~ - z~||^2 = 2 - 2 cos(p, z), mean over the batch.
+
+    p: online prediction [B, C]; z: target projection [B, C] (no gradient flows into z).
+    """
+    return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=-1)).mean()
+
+
+def dense_equivariance_loss(p1: torch.Tensor, z2: torch.Tensor, flow: torch.Tensor,
+                            valid: torch.Tensor | None = None) -> torch.Tensor:
+    """FlowE Eq. 5 (Algorithm 1): L = 1/|V| sum_{x in V} ||p~1(x) - p~2(x)||^2 with
+    p2 = T^-1(z2), i.e. z2 sampled at x + flow(x).
+
+    p1: online predictions of view 1 [B, C, H, W]; z2: target projections of view 2
+    [B, C, H, W] (detached); flow: view 1 -> view 2 in pixels of this grid [B, 2, H, W];
+    valid: bool [B, H, W], pixels whose correspondence exists (not occluded, in view 2);
+    all pixels when None. Upsample p1 / z2 to the flow's grid (or downsample the flow, its
+    vectors scaled) before calling.
+    """
+    p2 = warp(z2.detach(), flow)
+    per_pixel = (F.normalize(p1, dim=1) - F.normalize(p2, dim=1)).pow(2).sum(1)  # [B, H, W]
+    if valid is None:
+        return per_pixel.mean()
+    valid = valid.to(per_pixel.dtype)
+    return (per_pixel * valid).sum() / valid.sum().clamp(min=1)
