@@ -16,26 +16,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..registry import registry
 from .geometry import chain
 
-ESTIMATORS: dict[str, type] = {}
-
-
-def register_estimator(name: str):
-    def add(cls):
-        assert name not in ESTIMATORS, f"flow estimator {name!r} registered twice"
-        cls.name = name
-        ESTIMATORS[name] = cls
-        return cls
-    return add
+ESTIMATORS, register_estimator, estimator_class = registry("flow estimator")
 
 
 def get_estimator(name: str, **kwargs):
     """An estimator instance; an unknown name lists the registered ones."""
-    if name not in ESTIMATORS:
-        raise KeyError(f"unknown flow estimator {name!r}; known flow estimators: "
-                       f"{', '.join(sorted(ESTIMATORS))}")
-    return ESTIMATORS[name](**kwargs)
+    return estimator_class(name)(**kwargs)
 
 
 def to_gray_uint8(images: torch.Tensor) -> list[np.ndarray]:

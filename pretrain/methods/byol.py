@@ -1,0 +1,59 @@
+"""BYOL (Grill et al. 2020) and the two video variants of FlowE Table 1: ``byol`` (video
+frames used as images: both views from one frame), ``byol_crop`` (smaller crops) and
+``byol_video`` (the two views from two neighbouring frames). Symmetric loss on pooled
+features (BYOL Eq. 2)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..augment import ViewSpec, photometric, render_view, view_matrix
+from ..losses import byol_loss
+from .base import Method, register_method
+
+
+@register_method("byol")
+class BYOL(Method):
+    area = (0.08, 1.0)  # BYOL's RandomResizedCrop
+    two_frames = False
+
+    def __init__(self, *, view_size=(224, 224), **kw):
+        super().__init__(**kw)
+        self.spec = ViewSpec(size=tuple(view_size), area=self.area)
+
+    def make_views(self, frames1, frames2, rng: np.random.Generator) -> dict:
+        sources = (frames1, frames2 if self.two_frames else frames1)
+        views = {"view1": [], "view2": []}
+        for n in range(frames1.shape[0]):
+            for key, src, blur, sol in (("view1", sources[0], 1.0, 0.0),
+                                        ("view2", sources[1], 0.1, 0.2)):
+                A = view_matrix(src.shape[-2:], self.spec, rng)
+                v = render_view(src[n], A, self.spec.size)
+                views[key].append(photometric(v, rng, blur_p=blur, solarize_p=sol))
+        return {k: torch.stack(v) for k, v in views.items()}
+
+    def _embed(self, x, online: bool):
+        enc, proj = ((self.encoder, self.projector) if online
+                     else (self.target_encoder, self.target_projector))
+        z = proj(enc(x)["res5"].mean(dim=(2, 3)))
+        return self.predictor(z) if online else z.detach()
+
+    def losses(self, views: dict) -> dict[str, torch.Tensor]:
+        v1, v2 = views["view1"], views["view2"]
+        with torch.no_grad():
+            t1, t2 = self._embed(v1, False), self._embed(v2, False)
+        loss = byol_loss(self._embed(v1, True), t2) + byol_loss(self._embed(v2, True), t1)
+        return {"loss_byol": loss}
+
+
+@register_method("byol_crop")
+class BYOLCrop(BYOL):
+    """FlowE Table 1 "BYOL (crop)": smaller crops of the frame (area 0.05-0.3 here, the
+    subcrop range PooDLe App. A uses; FlowE does not print its range)."""
+    area = (0.05, 0.3)
+
+
+@register_method("byol_video")
+class BYOLVideo(BYOLCrop):
+    """FlowE Table 1 "BYOL (crop w/ video)": the two crops come from two neighbouring frames."""
+    two_frames = True
