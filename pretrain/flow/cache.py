@@ -137,12 +137,18 @@ def cache_video(source, index: int, root: Path, *, estimator, estimator_name: st
     return meta
 
 
+_ESTIMATORS: dict[str, object] = {}  # one estimator per process (RAFT loads its weights once)
+
+
 def _worker(args) -> tuple[str, dict | str]:
     source, index, root, name, kwargs, dts, every, step = args
     from . import get_estimator
     from ..data.video import VideoError
     try:
-        est = get_estimator(name, **kwargs)
+        key = f"{name}:{sorted(kwargs.items())}"
+        if key not in _ESTIMATORS:
+            _ESTIMATORS[key] = get_estimator(name, **kwargs)
+        est = _ESTIMATORS[key]
         return source.name(index), cache_video(source, index, root, estimator=est,
                                                estimator_name=name, dts=dts, every=every,
                                                step=step)
