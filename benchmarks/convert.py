@@ -19,11 +19,11 @@ import datetime
 import io
 import pickle
 import re
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from pretrain.checkpoint import atomic_path
 from readout.backbone import (FORMAT, CheckpointError, ResNetBackbone, guess_arch,
                               load_state_dict_exact, read_checkpoint, save_checkpoint)
 
@@ -95,7 +95,8 @@ def export_detectron2(checkpoint: dict, out, *, log=print) -> dict:
     model = {dst: state[src].detach().cpu().numpy() for src, dst in mapping.items()}
     obj = {"model": model, "__author__": f"flowssl-bench ({checkpoint.get('meta', {}).get('method', '?')})",
            "matching_heuristics": True}
-    _atomic_bytes(Path(out), pickle.dumps(obj, protocol=2))
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(pickle.dumps(obj, protocol=2))
     return obj
 
 
@@ -183,10 +184,3 @@ def import_mmseg(path, *, log=print) -> dict:
 EXPORTERS = {"detectron2": export_detectron2, "mmseg": export_mmseg}
 IMPORTERS = {"torchvision": import_torchvision, "detectron2": import_detectron2,
              "mmseg": import_mmseg}
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)

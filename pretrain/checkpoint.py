@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -34,11 +35,22 @@ def backbone_checkpoint(*, arch: str, state_dict: dict, decoder_state: dict | No
                      "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}}
 
 
-def write_checkpoint(checkpoint: dict, path) -> Path:
-    """Atomic: a temporary file in the same folder, then rename."""
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; renamed onto `path` when the block succeeds, so
+    a kill never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(checkpoint, tmp)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
-    return path
+
+
+def write_checkpoint(checkpoint: dict, path) -> Path:
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+    return Path(path)

@@ -195,7 +195,6 @@ class DetectionReadout(FasterRCNN):
             box_roi_pool=box_roi_pool, box_head=box_head, box_predictor=box_predictor)
         self.transform = BatchOnlyTransform()
         self.trainable_prefixes = tuple(trainable_prefixes)
-        self.train_backbone = False
         for name, p in self.named_parameters():
             if not name.startswith(self.trainable_prefixes):
                 p.requires_grad_(False)

@@ -14,12 +14,13 @@ A video whose meta.json exists is done: precomputing again skips it (resume).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+
+from ..checkpoint import atomic_path
 
 OFFSET = 32768
 
@@ -48,9 +49,8 @@ def decode(data: bytes | np.ndarray, step: float) -> tuple[torch.Tensor, torch.T
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 class FlowCache:
