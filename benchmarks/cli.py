@@ -6,7 +6,7 @@ import importlib
 import sys
 
 COMMAND_MODULES = ("benchmarks.commands.data", "benchmarks.commands.readout",
-                   "benchmarks.commands.flow",
+                   "benchmarks.commands.flow", "benchmarks.commands.pretrain",
                    "benchmarks.commands.demo")
 
 

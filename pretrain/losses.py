@@ -24,11 +24,25 @@ def dense_equivariance_loss(p1: torch.Tensor, z2: torch.Tensor, flow: torch.Tens
     [B, C, H, W] (detached); flow: view 1 -> view 2 in pixels of this grid [B, 2, H, W];
     valid: bool [B, H, W], pixels whose correspondence exists (not occluded, in view 2);
     all pixels when None. Upsample p1 / z2 to the flow's grid (or downsample the flow, its
-    vectors scaled) before calling.
+    vectors scaled) before calling. Each image is averaged over its own valid pixels and
+    the batch over images, so the loss of a batch split across processes is the mean of
+    the processes' losses (DistributedDataParallel's gradient average).
     """
     p2 = warp(z2.detach(), flow)
     per_pixel = (F.normalize(p1, dim=1) - F.normalize(p2, dim=1)).pow(2).sum(1)  # [B, H, W]
     if valid is None:
         return per_pixel.mean()
     valid = valid.to(per_pixel.dtype)
-    return (per_pixel * valid).sum() / valid.sum().clamp(min=1)
+    return ((per_pixel * valid).sum((1, 2)) / valid.sum((1, 2)).clamp(min=1)).mean()
+
+
+def pooled_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """PooDLe Eq. 2: L_pool = 1/K sum_k ||q(p_t,k) - p_t+dt,k||^2 with average pooling over
+    the spatial dimensions, then normalisation (the BYOL loss of the pooled vectors).
+
+    p: online predictions of the subcrops [B, K, C] (or [B, K, C, h, w], pooled here);
+    z: target projections of the paired subcrops, same shape (detached).
+    """
+    if p.ndim == 5:
+        p, z = p.mean((-2, -1)), z.mean((-2, -1))
+    return byol_loss(p.flatten(0, 1), z.flatten(0, 1))

@@ -58,3 +58,38 @@ def mlp(in_dim: int, hidden: int = 4096, out: int = 256, *, dense: bool = False)
                              nn.ReLU(inplace=True), nn.Conv2d(hidden, out, 1))
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden),
                          nn.ReLU(inplace=True), nn.Linear(hidden, out))
+
+
+class SpatialDecoder(nn.Module):
+    """PooDLe's spatial decoder module (SDM, Sec. 3 and App. A): per block a 2x upsampling,
+    one ResNet bottleneck g with an 8x channel reduction, and a 1x1 lateral conv lifting the
+    skip feature to the decoder channels, added after g (Eq. 3: z' = g(up(z)) + lateral(z_j)).
+    For ResNet-50: res5 (2048, /32) -> + res4 (1024 -> 2048, /16) -> + res3 (512 -> 2048, /8).
+
+    State-dict names (``laterals.i``, ``blocks.i.conv1..bn3``) are the checkpoint contract's
+    decoder names, which the linear readout rebuilds from tensor shapes.
+    """
+    skips = ("res4", "res3")
+
+    def __init__(self, *, channels: int, lateral_channels: tuple[int, ...], reduction: int = 8):
+        super().__init__()
+        self.laterals = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in lateral_channels)
+        # torchvision's Bottleneck: width = planes * base_width / 64, output planes * 4
+        self.blocks = nn.ModuleList(
+            torchvision.models.resnet.Bottleneck(channels, channels // 4,
+                                                 base_width=256 // reduction)
+            for _ in lateral_channels)
+        self.channels = channels
+
+    @classmethod
+    def for_encoder(cls, encoder: Encoder, *, reduction: int = 8) -> "SpatialDecoder":
+        return cls(channels=encoder.channels["res5"], reduction=reduction,
+                   lateral_channels=tuple(encoder.channels[s] for s in cls.skips))
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = features["res5"]
+        for lateral, block, skip in zip(self.laterals, self.blocks, self.skips):
+            s = features[skip]
+            x = block(nn.functional.interpolate(x, size=s.shape[-2:], mode="bilinear",
+                                                align_corners=False)) + lateral(s)
+        return x

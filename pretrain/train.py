@@ -1,10 +1,13 @@
 """The one pretraining loop for every method: LARS or AdamW with warmup + cosine, the BYOL
-EMA target (0.996 -> 1), per-step deterministic seeding, atomic checkpoints with automatic
-resume, a stop on a non-finite loss that keeps the last good checkpoint, a progress bar
-with loss and pairs/s, and the backbone export in the ``flowssl-backbone/1`` contract.
+EMA target (0.996 -> 1), DistributedDataParallel under torchrun with optional synchronised
+BatchNorm, bf16 autocast on CUDA, per-step deterministic seeding, atomic checkpoints with
+automatic resume, a stop on a non-finite loss that keeps the last good checkpoint, a
+progress bar with loss and pairs/s, periodic and final backbone export in the
+``flowssl-backbone/1`` contract.
 
-Every step draws its videos, pairs, views and in-step randomness from (seed, step), so a
-resumed run repeats an uninterrupted one exactly (CPU).
+Step k's global batch (which videos, which frame pairs, every view's randomness) is a pure
+function of (seed, k, sample index): a resumed run repeats an uninterrupted one exactly
+(CPU), and N processes each taking 1/N of the batch see the same samples as one process.
 """
 from __future__ import annotations
 
@@ -18,21 +21,24 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import backbone_checkpoint, write_checkpoint
+from .distributed import mean_over_ranks, rank_world, sync_batchnorm
 from .optim import LARS, ema_momentum, warmup_cosine
 
 STATE_NAME = "pretrain_state.pth"
+BACKBONE_NAME = "backbone.pth"
 
 
 @dataclass(frozen=True)
 class PretrainSchedule:
     steps: int
-    batch_size: int  # frame pairs per step
+    batch_size: int  # frame pairs per step, over all processes
     optimizer: str  # "lars" or "adamw"
     lr: float
     weight_decay: float
     warmup_steps: int = 0
     ema_base: float = 0.996
     checkpoint_every: int = 500
+    export_every: int = 0  # also write exports/backbone_step<k>.pth every k steps (0: off)
     seed: int = 0
 
 
@@ -44,25 +50,45 @@ def make_optimizer(params, s: PretrainSchedule) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {s.optimizer!r}; known: lars, adamw")
 
 
-def _step_seed(seed: int, step: int) -> int:
-    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+def _step_seed(*key: int) -> int:
+    return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
 
 
-def draw_batch(pairs, s: PretrainSchedule, step: int) -> dict:
-    """Frame pairs of one step: [N, 3, H, W] floats in [0, 1] for both frames, plus meta."""
-    rng = np.random.default_rng([s.seed, step, 1])
-    per_item = pairs.repeats
-    items = [pairs[int(j)] for j in rng.integers(len(pairs), size=math.ceil(s.batch_size / per_item))]
-    frames = torch.cat([it["frames"] for it in items])[:s.batch_size]  # [N, 2, H, W, 3]
-    frames = frames.permute(0, 1, 4, 2, 3).float() / 255
-    index = torch.cat([it["frame_index"] for it in items])[:s.batch_size]
-    out = {"frames1": frames[:, 0], "frames2": frames[:, 1],
-           "videos": [it["path"] for it in items for _ in range(per_item)][:s.batch_size],
-           "frames_index1": index[:, 0].tolist(), "frames_index2": index[:, 1].tolist()}
-    if "flow_fwd" in items[0]:
-        out["flow_fwd"] = torch.cat([it["flow_fwd"] for it in items])[:s.batch_size]
-        out["flow_bwd"] = torch.cat([it["flow_bwd"] for it in items])[:s.batch_size]
-    return out
+class StepBatches(torch.utils.data.Dataset):
+    """Item k = this rank's share of step k's batch: frames [n, 3, H, W] floats in [0, 1]
+    of both frames, their video paths and frame indices (and flows with a flow cache).
+    Indexed by step, so DataLoader workers decode ahead without changing what is drawn."""
+
+    def __init__(self, pairs, schedule: PretrainSchedule, rank: int = 0, world: int = 1):
+        if schedule.batch_size % world:
+            raise ValueError(f"batch_size {schedule.batch_size} is not divisible by the "
+                             f"{world} processes")
+        self.pairs, self.s, self.rank, self.world = pairs, schedule, rank, world
+
+    def __len__(self) -> int:
+        return self.s.steps
+
+    def __getitem__(self, step: int) -> dict:
+        s, per_item = self.s, self.pairs.repeats
+        local = s.batch_size // self.world
+        first = self.rank * local
+        samples = range(first, first + local)  # global sample indices of this rank
+        videos = np.random.default_rng([s.seed, step, 1]).integers(
+            len(self.pairs), size=math.ceil(s.batch_size / per_item))
+        self.pairs.set_epoch(step)  # a video's pairs differ from step to step
+        needed = sorted({j // per_item for j in samples})
+        items = {i: self.pairs[int(videos[i])] for i in needed}
+        pick = [(items[j // per_item], j % per_item) for j in samples]
+        frames = torch.stack([it["frames"][r] for it, r in pick]).permute(0, 1, 4, 2, 3)
+        frames = frames.float() / 255  # [n, 2, 3, H, W]
+        out = {"frames1": frames[:, 0], "frames2": frames[:, 1], "samples": list(samples),
+               "videos": [it["path"] for it, _ in pick],
+               "frames_index1": [int(it["frame_index"][r, 0]) for it, r in pick],
+               "frames_index2": [int(it["frame_index"][r, 1]) for it, r in pick]}
+        if "flow_fwd" in pick[0][0]:
+            out["flow_fwd"] = torch.stack([it["flow_fwd"][r] for it, r in pick])
+            out["flow_bwd"] = torch.stack([it["flow_bwd"][r] for it, r in pick])
+        return out
 
 
 def _flows(batch: dict, estimator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,66 +99,100 @@ def _flows(batch: dict, estimator) -> tuple[torch.Tensor, torch.Tensor]:
     meta = {"videos": batch["videos"], "frames1": batch["frames_index1"],
             "frames2": batch["frames_index2"]}
     back = {**meta, "frames1": meta["frames2"], "frames2": meta["frames1"]}
-    return (estimator(batch["frames1"], batch["frames2"], **meta),
-            estimator(batch["frames2"], batch["frames1"], **back))
+    return (estimator(batch["frames1"], batch["frames2"], **meta).cpu(),
+            estimator(batch["frames2"], batch["frames1"], **back).cpu())
+
+
+def _autocast(device: torch.device):
+    """bf16 on CUDA; CPU runs stay fp32 (the bit-exact reference)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def export_backbone(method, path, *, schedule, steps_done: int, pairs, config) -> Path:
+    return write_checkpoint(backbone_checkpoint(
+        arch=method.encoder.arch, state_dict=method.backbone_state_dict(),
+        decoder_state=method.decoder_state_dict(), method=method.name,
+        pretrain_data=str(getattr(pairs.source, "root", "")),
+        epochs=steps_done * schedule.batch_size / max(1, len(pairs) * pairs.repeats),
+        iterations=steps_done, config={**(config or {}), "schedule": asdict(schedule)}), path)
 
 
 def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu",
              estimator=None, config: dict | None = None, stop_after: int | None = None,
-             progress: bool = True, log=print) -> list[dict]:
+             workers: int = 0, sync_bn: bool = False, progress: bool = True,
+             log=print) -> list[dict]:
     """Train `method` on `pairs` (a FramePairs); resumes from ``out_dir/pretrain_state.pth``.
-    Returns the loss curve; writes ``out_dir/backbone.pth`` when the schedule is done."""
+    Under torchrun every process calls this; rank 0 writes. Returns the loss curve (mean
+    over processes); writes ``out_dir/backbone.pth`` when the schedule is done."""
     device = torch.device(device)
+    rank, world = rank_world()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if sync_bn and world > 1:
+        sync_batchnorm(method, device)
     method.to(device).train()
     params = [p for m in method.online_modules() for p in m.parameters()]
     optimizer = make_optimizer(params, schedule)
     start, curve = 0, []
     state_path = out_dir / STATE_NAME
     if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = torch.load(state_path, map_location=device, weights_only=True)
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         start, curve = int(state["step"]), list(state["curve"])
         log(f"resuming pretraining from step {start} ({state_path})")
+    model = method
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            method, device_ids=[device.index] if device.type == "cuda" else None)
     end = schedule.steps if stop_after is None else min(stop_after, schedule.steps)
-    bar = tqdm(total=end - start, desc=f"pretrain {method.name}", disable=not progress)
+    loader = torch.utils.data.DataLoader(
+        StepBatches(pairs, schedule, rank, world), batch_size=None, num_workers=workers,
+        sampler=range(start, end), persistent_workers=False,
+        multiprocessing_context="spawn" if workers else None)
+    bar = tqdm(total=end - start, desc=f"pretrain {method.name}",
+               disable=not progress or rank != 0)
     t0 = time.perf_counter()
-    for step in range(start, end):
+    for step, batch in zip(range(start, end), loader):
         lr = warmup_cosine(step, schedule.steps, base=schedule.lr, warmup=schedule.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = draw_batch(pairs, schedule, step)
-        rng = np.random.default_rng([schedule.seed, step, 2])
-        torch.manual_seed(_step_seed(schedule.seed, step))
-        kwargs = {}
+        rngs = [np.random.default_rng([schedule.seed, step, 2, j]) for j in batch["samples"]]
+        torch.manual_seed(_step_seed(schedule.seed, step, rank))
+        flows = {}
         if method.needs_flow:
-            kwargs["flow_fwd"], kwargs["flow_bwd"] = _flows(batch, estimator)
-        views = method.make_views(batch["frames1"], batch["frames2"], rng, **kwargs)
-        views = {k: v.to(device) if torch.is_tensor(v) else v for k, v in views.items()}
-        parts = method.losses(views)
-        loss = sum(parts.values())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; the "
+            flows["flow_fwd"], flows["flow_bwd"] = _flows(batch, estimator)
+        views = method.make_views(batch["frames1"], batch["frames2"], rngs, **flows)
+        views = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                 for k, v in views.items()}
+        with _autocast(device):
+            parts = model(views)
+        loss = sum(parts.values()).float()
+        if not torch.isfinite(mean_over_ranks(loss)):
+            raise FloatingPointError(f"pretraining loss is not finite at step {step}; the "
                                      f"last good state is {state_path}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         tau = ema_momentum(step, schedule.steps, base=schedule.ema_base)
         method.update_target(tau)
-        curve.append({"step": step + 1, "loss": float(loss.detach()), "lr": lr, "tau": tau})
+        record = {"step": step + 1, "loss": float(mean_over_ranks(loss)), "lr": lr, "tau": tau}
+        record.update({k: float(mean_over_ranks(v.float())) for k, v in parts.items()})
+        curve.append(record)
+        rate = (step + 1 - start) * schedule.batch_size / (time.perf_counter() - t0)
+        record["pairs_per_s"] = rate
         bar.update(1)
-        bar.set_postfix(loss=f"{curve[-1]['loss']:.4f}", pairs_s=f"{(step + 1 - start) * schedule.batch_size / (time.perf_counter() - t0):.1f}")
-        if (step + 1) % schedule.checkpoint_every == 0 or step + 1 == end:
+        bar.set_postfix(loss=f"{record['loss']:.4f}", pairs_s=f"{rate:.1f}")
+        if rank == 0 and ((step + 1) % schedule.checkpoint_every == 0 or step + 1 == end):
             write_checkpoint({"method": method.state_dict(), "optimizer": optimizer.state_dict(),
                               "step": step + 1, "curve": curve}, state_path)
+        if rank == 0 and schedule.export_every and (step + 1) % schedule.export_every == 0:
+            export_backbone(method, out_dir / "exports" / f"backbone_step{step + 1:07d}.pth",
+                            schedule=schedule, steps_done=step + 1, pairs=pairs, config=config)
     bar.close()
-    if len(curve) == schedule.steps:
-        write_checkpoint(backbone_checkpoint(
-            arch=method.encoder.arch, state_dict=method.backbone_state_dict(),
-            method=method.name, pretrain_data=str(getattr(pairs.source, "root", "")),
-            epochs=schedule.steps * schedule.batch_size / max(1, len(pairs) * pairs.repeats),
-            iterations=schedule.steps, config={**(config or {}), **asdict(schedule)}),
-            out_dir / "backbone.pth")
+    if rank == 0 and len(curve) == schedule.steps:
+        export_backbone(method, out_dir / BACKBONE_NAME, schedule=schedule,
+                        steps_done=schedule.steps, pairs=pairs, config=config)
     return curve

@@ -1,6 +1,7 @@
-"""The small base every method shares: online encoder + projector + predictor, a momentum
-target (encoder + projector), the EMA update, and the backbone export. A method adds how
-it makes views from a frame pair and its loss."""
+"""The small base every method shares: online encoder + projector + predictor, momentum
+targets (EMA copies of the encoder, the projector and whatever a method adds with
+``add_target``), the EMA update, and the backbone export. A method adds how it makes views
+from a frame pair and its loss."""
 from __future__ import annotations
 
 import copy
@@ -27,26 +28,42 @@ class Method(nn.Module):
         channels = self.encoder.channels["res5"]
         self.projector = mlp(channels, hidden, out_dim, dense=self.dense)
         self.predictor = mlp(out_dim, hidden, out_dim, dense=self.dense)
-        self.target_encoder = copy.deepcopy(self.encoder)
-        self.target_projector = copy.deepcopy(self.projector)
-        for p in (*self.target_encoder.parameters(), *self.target_projector.parameters()):
+        self.target_names: list[str] = []
+        self.add_target("encoder")
+        self.add_target("projector")
+
+    def add_target(self, name: str) -> None:
+        """Give online module `name` a momentum copy ``target_<name>`` (no gradients)."""
+        target = copy.deepcopy(getattr(self, name))
+        for p in target.parameters():
             p.requires_grad_(False)
+        setattr(self, "target_" + name, target)
+        self.target_names.append(name)
 
     def online_modules(self) -> list[nn.Module]:
-        return [self.encoder, self.projector, self.predictor]
+        return [m for name, m in self.named_children() if not name.startswith("target_")]
 
     @torch.no_grad()
     def update_target(self, tau: float) -> None:
-        ema_update(self.target_encoder, self.encoder, tau)
-        ema_update(self.target_projector, self.projector, tau)
+        for name in self.target_names:
+            ema_update(getattr(self, "target_" + name), getattr(self, name), tau)
 
     def make_views(self, frames1: torch.Tensor, frames2: torch.Tensor,
-                   rng: np.random.Generator) -> dict:
-        """frames float [N, 3, H, W] in [0, 1] -> {"view1", "view2", ...}."""
+                   rngs: list[np.random.Generator], **flows) -> dict:
+        """frames float [N, 3, H, W] in [0, 1], one generator per pair -> {"view1", ...}.
+        Everything random about pair n comes from rngs[n], so a pair's views do not depend
+        on which process or batch it lands in."""
         raise NotImplementedError
 
     def losses(self, views: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def forward(self, views: dict) -> dict[str, torch.Tensor]:
+        return self.losses(views)  # DistributedDataParallel calls forward
+
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
         return self.encoder.backbone_state_dict()
+
+    def decoder_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Weights exported beside the backbone (PooDLe's SDM); None for most methods."""
+        return None

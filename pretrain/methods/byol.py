@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..augment import ViewSpec, photometric, render_view, view_matrix
+from ..correspondence import VIEW_COLOUR
 from ..losses import byol_loss
 from .base import Method, register_method
 
@@ -21,15 +22,14 @@ class BYOL(Method):
         super().__init__(**kw)
         self.spec = ViewSpec(size=tuple(view_size), area=self.area)
 
-    def make_views(self, frames1, frames2, rng: np.random.Generator) -> dict:
-        sources = (frames1, frames2 if self.two_frames else frames1)
+    def make_views(self, frames1, frames2, rngs: list[np.random.Generator]) -> dict:
+        sources = {"1": frames1, "2": frames2 if self.two_frames else frames1}
         views = {"view1": [], "view2": []}
-        for n in range(frames1.shape[0]):
-            for key, src, blur, sol in (("view1", sources[0], 1.0, 0.0),
-                                        ("view2", sources[1], 0.1, 0.2)):
+        for n, rng in enumerate(rngs):
+            for key, src in sources.items():
                 A = view_matrix(src.shape[-2:], self.spec, rng)
                 v = render_view(src[n], A, self.spec.size)
-                views[key].append(photometric(v, rng, blur_p=blur, solarize_p=sol))
+                views["view" + key].append(photometric(v, rng, **VIEW_COLOUR[key]))
         return {k: torch.stack(v) for k, v in views.items()}
 
     def _embed(self, x, online: bool):

@@ -9,13 +9,17 @@ forward-backward consistent).
 from __future__ import annotations
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
-from ..augment import ViewSpec, photometric, render_view, view_matrix
-from ..flow.geometry import apply_affine, consistency_mask, in_view, pixel_grid, sample_at, view_flow
+from ..augment import ViewSpec
+from ..correspondence import paired_views, view_correspondence
 from ..losses import dense_equivariance_loss
 from .base import Method, register_method
+
+
+def upsampled(x, size):
+    """Algorithm 1: features are bilinearly upsampled to the view grid before warping."""
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 @register_method("flowe")
@@ -31,37 +35,23 @@ class FlowE(Method):
                              rotation=rotation, flip=False)
         self.crop_scale, self.alpha = tuple(crop_scale), tuple(alpha)
 
-    def make_views(self, frames1, frames2, rng: np.random.Generator, *, flow_fwd=None,
-                   flow_bwd=None) -> dict:
-        H, W = frames1.shape[-2:]
+    def _box(self, rng: np.random.Generator, H: int, W: int):
+        # Sec. 4.1: random scale 0.75-1.25x, then a crop at the same place in both frames
         h, w = self.spec.size
-        out = {"view1": [], "view2": [], "A1": [], "A2": []}
-        for n in range(frames1.shape[0]):
-            # Sec. 4.1: random scale 0.75-1.25x, then a crop at the same place in both frames
-            s = rng.uniform(*self.crop_scale)
-            cw, ch = min(W, w / s), min(H, h / s)
-            box = (rng.uniform(0, W - cw), rng.uniform(0, H - ch), cw, ch)
-            for key, frames, blur, sol in (("1", frames1, 1.0, 0.0), ("2", frames2, 0.1, 0.2)):
-                A = view_matrix((H, W), self.spec, rng, box=box)
-                view = render_view(frames[n], A, self.spec.size)
-                out["view" + key].append(photometric(view, rng, blur_p=blur, solarize_p=sol))
-                out["A" + key].append(A)
-        views = {k: torch.stack(v) for k, v in out.items()}
-        flow, valid = view_flow(flow_fwd, views["A1"], views["A2"], self.spec.size)
-        consistent = consistency_mask(flow_fwd, flow_bwd, alpha1=self.alpha[0],
-                                      alpha2=self.alpha[1]).float()[:, None]
-        grid = pixel_grid(h, w)[None].expand(frames1.shape[0], 2, h, w)
-        seen = sample_at(consistent, apply_affine(views["A1"], grid), mode="nearest")[:, 0] > 0
-        views["flow"], views["valid"] = flow, valid & seen & in_view(flow)
+        s = rng.uniform(*self.crop_scale)
+        cw, ch = min(W, w / s), min(H, h / s)
+        return rng.uniform(0, W - cw), rng.uniform(0, H - ch), cw, ch
+
+    def make_views(self, frames1, frames2, rngs, *, flow_fwd=None, flow_bwd=None) -> dict:
+        views = paired_views(frames1, frames2, rngs, self.spec, self._box)
+        views["flow"], views["valid"] = view_correspondence(
+            flow_fwd, flow_bwd, views["A1"], views["A2"], self.spec.size, self.alpha)
         return views
 
-    def losses(self, views: dict) -> dict[str, torch.Tensor]:
+    def losses(self, views: dict):
         v1, v2 = views["view1"], views["view2"]
-        size = v1.shape[-2:]
         p1 = self.predictor(self.projector(self.encoder(v1)["res5"]))
-        with torch.no_grad():
-            z2 = self.target_projector(self.target_encoder(v2)["res5"])
-        up = dict(size=size, mode="bilinear", align_corners=False)  # Algorithm 1: upsample
-        loss = dense_equivariance_loss(F.interpolate(p1, **up), F.interpolate(z2, **up),
-                                       views["flow"], views["valid"])
-        return {"loss_dense": loss}
+        z2 = self.target_projector(self.target_encoder(v2)["res5"]).detach()
+        size = v1.shape[-2:]
+        return {"loss_dense": dense_equivariance_loss(upsampled(p1, size), upsampled(z2, size),
+                                                      views["flow"], views["valid"])}

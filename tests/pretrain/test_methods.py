@@ -3,6 +3,7 @@ import torch
 
 from pretrain.data.pairs import FramePairs
 from pretrain.data.video import VideoSource
+from pretrain.config import load_preset
 from pretrain.flow import get_estimator
 from pretrain.methods import METHODS, get_method_class
 from pretrain.train import PretrainSchedule, pretrain
@@ -10,9 +11,7 @@ from pretrain.train import PretrainSchedule, pretrain
 
 def _method(name, seed=0):
     torch.manual_seed(seed)
-    kw = dict(arch="resnet18", hidden=32, out_dim=16)
-    kw["view_size"] = (40, 72) if get_method_class(name).dense else (32, 32)
-    return get_method_class(name)(**kw)
+    return get_method_class(name)(**load_preset(name, "smoke")["model"])
 
 
 def _pairs(tiny_root):

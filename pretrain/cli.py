@@ -1,0 +1,114 @@
+"""Command line of the pretraining loop, shared by ``bench pretrain`` and
+``torchrun --nproc-per-node N -m pretrain`` (one parser, one run function)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+FLOW_CHOICES = "dis | farneback | raft_small | raft_large | gt | cache:DIR"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", required=True,
+                   help="flowe | poodle | byol | byol_crop | byol_video")
+    p.add_argument("--videos", required=True,
+                   help="a folder of videos / frame folders (searched recursively)")
+    p.add_argument("--out", required=True,
+                   help="run folder: config.yaml, pretrain_state.pth (resumed on rerun), "
+                        "curve.json, backbone.pth")
+    p.add_argument("--preset", default="paper", choices=("paper", "smoke"),
+                   help="paper: the published recipe (GPU); smoke: ResNet-18, a few CPU steps")
+    p.add_argument("--flow", default=None,
+                   help=f"{FLOW_CHOICES} (default: the preset's; gt = the synthetic world's "
+                        f"exact flow; cache:DIR = a `bench flow precompute` cache)")
+    p.add_argument("--flow-weights", default=None, help="local RAFT weights file")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding video")
+    p.add_argument("--backend", default="auto", choices=("auto", "pyav", "opencv"))
+    p.add_argument("--sync-bn", action="store_true",
+                   help="synchronise BatchNorm across processes under torchrun")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this many steps (resume later by rerunning)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. schedule.lr=0.05 model.arch=resnet18")
+
+
+def _flow(name: str, weights):
+    """(estimator, cache) for the --flow value."""
+    from .flow import get_estimator
+    from .flow.cache import FlowCache
+    if name.startswith("cache:"):
+        return None, FlowCache(name[len("cache:"):])
+    kwargs = {"weights": weights} if name.startswith("raft") else {}
+    return get_estimator(name, **kwargs), None
+
+
+def run(args) -> int:
+    import torch
+    import yaml
+
+    from .config import apply_overrides, load_preset, resolve
+    from .data.pairs import FramePairs
+    from .data.video import VideoSource
+    from .distributed import rank_world, start_process_group
+    from .methods import get_method_class
+    from .train import PretrainSchedule, pretrain
+
+    config = load_preset(args.method, args.preset)
+    if args.flow:
+        config = {**config, "flow": args.flow}
+    config = apply_overrides(config, args.overrides)
+    device = start_process_group()
+    rank, world = rank_world()
+    source = VideoSource(args.videos, backend=args.backend)
+    resolved = resolve(args.method, config, num_videos=len(source), seed=args.seed)
+    method_cls = get_method_class(args.method)
+    estimator = cache = None
+    if method_cls.needs_flow:
+        estimator, cache = _flow(resolved["flow"], args.flow_weights)
+    data = resolved["data"]
+    pairs = FramePairs(source, dt_frames=data.get("dt_frames"), dt_seconds=data.get("dt_seconds"),
+                       repeats=data.get("repeats", 1), seed=args.seed, flow_cache=cache)
+    out = Path(args.out)
+    saved = out / "config.yaml"
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if saved.is_file() and yaml.safe_load(saved.read_text()) != resolved:
+            raise ValueError(f"{out} holds a run with another config ({saved}); pick another "
+                             f"--out or delete it")
+        saved.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    torch.manual_seed(args.seed)
+    method = method_cls(**resolved["model"])
+    log = print if rank == 0 else (lambda *_: None)
+    log(f"pretraining {args.method} ({args.preset}) on {len(source)} videos, "
+        f"{resolved['schedule']['steps']} steps x {resolved['schedule']['batch_size']} pairs, "
+        f"{world} process(es) on {device}; flow: {resolved.get('flow', '-')}")
+    curve = pretrain(method, pairs, PretrainSchedule(**resolved["schedule"]), out_dir=out,
+                     device=device, estimator=estimator, config=resolved,
+                     stop_after=args.stop_after, workers=args.workers, sync_bn=args.sync_bn,
+                     progress=not args.no_progress, log=log)
+    if rank == 0:
+        (out / "curve.json").write_text(json.dumps(curve))
+        if source.skipped:
+            log(source.summary())
+        done = out / "backbone.pth"
+        log(f"loss {curve[0]['loss']:.4f} -> {curve[-1]['loss']:.4f} over "
+            f"{len(curve)} steps; " + (f"checkpoint: {done}" if done.is_file() else
+                                       "stopped; rerun the same command to resume"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pretrain",
+                                     description="Pretrain a self-supervised method on video.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (KeyError, ValueError, FileNotFoundError, FloatingPointError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
