@@ -7,7 +7,7 @@ import sys
 
 COMMAND_MODULES = ("benchmarks.commands.data", "benchmarks.commands.readout",
                    "benchmarks.commands.flow", "benchmarks.commands.pretrain",
-                   "benchmarks.commands.demo")
+                   "benchmarks.commands.track", "benchmarks.commands.demo")
 
 
 class UserError(Exception):

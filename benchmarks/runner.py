@@ -5,8 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import platform
+import socket
 import time
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -15,9 +19,99 @@ from readout.datasets import build_dataset
 from readout.datasets.base import data_root
 from readout.datasets.stats import class_statistics, read_stats_csv, write_stats_csv
 
+from pretrain.checkpoint import git_sha
+
 from .suite import suite_hash
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published"
+RECORD_NAME = "metrics.json"
+QUALITATIVE_IMAGES = 3
+
+
+class RunLocked(ValueError):
+    """Another live process is running the same (checkpoint, suite, seed)."""
+
+
+def record_dir(out_dir, resolved: dict, checkpoint_sha256: str, seed: int) -> Path:
+    """One folder per result key (checkpoint sha256, suite hash, seed)."""
+    return (Path(out_dir) / resolved["name"]
+            / f"{checkpoint_sha256[:12]}-{suite_hash(resolved)[:8]}" / f"seed{seed}")
+
+
+def finished_record(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / RECORD_NAME
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("status") == "finished" else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def record_lock(run_dir: Path):
+    """An exclusive lock file: a second process with the same key fails fast instead of
+    producing a second result. A lock left by a dead process on this host is taken over."""
+    lock = Path(run_dir) / ".lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            host, _, pid = lock.read_text().partition(" ")
+            if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            raise RunLocked(f"{run_dir} is being run by process {pid} on {host} "
+                            f"(lock {lock}); wait for it, or delete the lock if that process "
+                            f"is gone") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def run_or_reuse(resolved: dict, checkpoint_path, *, seed: int, out_dir="runs",
+                 force: bool = False, log=print, **kwargs) -> dict:
+    """The finished record of this key if there is one (unless `force`), else run it.
+    With `force` the old folder is kept, renamed ``seedN.replaced-<time>``."""
+    from readout.backbone import file_sha256
+    from readout.train import world
+    run_dir = record_dir(out_dir, resolved, file_sha256(checkpoint_path), seed)
+    if world()[1] > 1:  # under torchrun rank 0 alone cannot lock for the group
+        return _reuse_or_run(run_dir, resolved, checkpoint_path, seed, out_dir, force, log,
+                             kwargs)
+    with record_lock(run_dir):
+        return _reuse_or_run(run_dir, resolved, checkpoint_path, seed, out_dir, force, log,
+                             kwargs)
+
+
+def _reuse_or_run(run_dir, resolved, checkpoint_path, seed, out_dir, force, log, kwargs):
+    old = finished_record(run_dir)
+    if old and not force:
+        log(f"[skip] {resolved['name']} seed {seed} on {checkpoint_path} is already finished "
+            f"({run_dir / RECORD_NAME}); --force runs it again")
+        return old
+    if old:
+        kept = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        for item in run_dir.iterdir():
+            if item.name != ".lock":
+                kept.mkdir(exist_ok=True)
+                item.rename(kept / item.name)
+        log(f"[force] previous result kept in {kept}")
+    return run_seed(resolved, checkpoint_path, seed=seed, out_dir=out_dir, log=log, **kwargs)
 
 
 def is_synthetic(root) -> bool:
@@ -82,7 +176,7 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
     root = data_root(data_root_dir)
     ckpt = read_checkpoint(checkpoint_path)
     sha = file_sha256(checkpoint_path)
-    run_dir = Path(out_dir) / resolved["name"] / sha[:12] / f"seed{seed}"
+    run_dir = record_dir(out_dir, resolved, sha, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     if world()[0] == 0:
         (run_dir / "resolved_suite.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
@@ -90,7 +184,7 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
     eval_set = build_dataset(resolved["dataset"], root, resolved["splits"]["eval"])
     torch.manual_seed(seed)
     task = _segmentation if resolved["task"] == "semantic_segmentation" else _detection
-    model, evaluate_fn, extra = task(resolved, ckpt, train_set, run_dir, log)
+    model, evaluate_fn, extra, illustrate = task(resolved, ckpt, train_set, run_dir, log)
     schedule = ReadoutSchedule(**protocol_kwargs(
         resolved, seed, num_workers, train_images=len(model.training_indices(train_set))))
     t0 = time.perf_counter()
@@ -101,12 +195,14 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
         return {"status": "interrupted", "run_dir": str(run_dir), "iteration": len(curve)}
     t0 = time.perf_counter()
     metrics, per_class_metric, per_class = evaluate_fn(model, eval_set, device, progress)
+    confusion = metrics.pop("confusion", None)
+    synthetic = is_synthetic(root)
     record = {
-        "status": "finished", "suite": resolved["name"], "suite_hash": suite_hash(resolved),
+        "status": "finished", "record_id": uuid.uuid4().hex, "suite": resolved["name"], "suite_hash": suite_hash(resolved),
         "seed": seed, "checkpoint": str(checkpoint_path), "checkpoint_sha256": sha,
         "checkpoint_meta": _jsonable(ckpt.get("meta", {})), "arch": ckpt["arch"],
         "task": resolved["task"], "dataset": resolved["dataset"], "data_root": str(root),
-        "synthetic": is_synthetic(root), "head": resolved["head"],
+        "synthetic": synthetic, "head": resolved["head"],
         "scale": resolved["scale"], "metrics": metrics,
         "per_class_metric": per_class_metric,
         "per_class": dict(zip(train_set.classes, per_class)), **extra,
@@ -115,16 +211,38 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
         "loss_curve": curve, "seconds": {"train": round(train_s, 2),
                                          "eval": round(time.perf_counter() - t0, 2)},
         "device": str(device), "host": platform.node(), "run_dir": str(run_dir),
+        "git_sha": git_sha(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if world()[0] > 0:  # under torchrun only rank 0 writes the record
         return record
-    (run_dir / "metrics.json").write_text(json.dumps(record, indent=1, allow_nan=True))
     with (run_dir / "per_class.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["class", per_class_metric])
         for name, v in record["per_class"].items():
             w.writerow([name, "" if math.isnan(v) else f"{v:.4f}"])
+    _write_figures(record, confusion, train_set.classes, run_dir, illustrate, model, eval_set,
+                   device)
+    # the record is written last: its presence means the folder is complete
+    tmp = run_dir / f".{RECORD_NAME}.tmp"
+    tmp.write_text(json.dumps(record, indent=1, allow_nan=True))
+    tmp.replace(run_dir / RECORD_NAME)
     return record
+
+
+def _write_figures(record, confusion, classes, run_dir, illustrate, model, eval_set, device):
+    from . import plots
+    tag = "SYNTHETIC " if record["synthetic"] else ""
+    title = (f"{record['suite']} ({tag}{record['dataset']}), checkpoint "
+             f"{record['checkpoint_sha256'][:12]}, seed {record['seed']}")
+    plots.per_class_bars(list(classes), list(record["per_class"].values()),
+                         record["per_class_metric"], run_dir / "per_class.png", title)
+    if confusion is not None:
+        (run_dir / "confusion.json").write_text(json.dumps({"classes": list(classes),
+                                                            "confusion": confusion}))
+        plots.confusion_matrix(confusion, list(classes), run_dir / "confusion.png", title)
+    if illustrate is not None:
+        illustrate(model, eval_set, device, run_dir / "qualitative", title)
 
 
 def _segmentation(resolved, ckpt, train_set, run_dir, log):
@@ -144,7 +262,25 @@ def _segmentation(resolved, ckpt, train_set, run_dir, log):
 
     extra = {"class_groups": {g: [train_set.classes[i] for i in idx]
                               for g, idx in groups.items()}}
-    return model, evaluate_fn, extra
+
+    def illustrate(model, eval_set, device, folder, title):
+        """The first few evaluation images: image | ground truth | prediction."""
+        import torch
+        from readout.transforms import to_tensor
+        from readout.train import predict
+        from . import plots
+        model.eval()
+        for i in range(min(QUALITATIVE_IMAGES, len(eval_set))):
+            item = eval_set[i]
+            with torch.no_grad():
+                pred = predict(model, to_tensor(item["image"]).to(device),
+                               mode=ev.get("mode", "whole"), crop=ev.get("crop"),
+                               stride=ev.get("stride"))
+            plots.qualitative(item["image"], item["label"], pred.cpu().numpy(),
+                              train_set.num_classes, folder / f"{i:02d}.png",
+                              f"{title}, image {i}")
+
+    return model, evaluate_fn, extra, illustrate
 
 
 def _detection(resolved, ckpt, train_set, run_dir, log):
@@ -157,7 +293,8 @@ def _detection(resolved, ckpt, train_set, run_dir, log):
         metrics = evaluate_detection(model, eval_set, device=device, progress=progress)
         return {k: v for k, v in metrics.items() if k != "AP"}, "AP", metrics["AP"]
 
-    return model, evaluate_fn, {"train_images_with_boxes": len(model.training_indices(train_set))}
+    return (model, evaluate_fn,
+            {"train_images_with_boxes": len(model.training_indices(train_set))}, None)
 
 
 def _jsonable(obj):

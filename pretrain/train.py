@@ -192,7 +192,8 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
             export_backbone(method, out_dir / "exports" / f"backbone_step{step + 1:07d}.pth",
                             schedule=schedule, steps_done=step + 1, pairs=pairs, config=config)
     bar.close()
-    if rank == 0 and len(curve) == schedule.steps:
+    already_exported = start == schedule.steps and (out_dir / BACKBONE_NAME).is_file()
+    if rank == 0 and len(curve) == schedule.steps and not already_exported:
         export_backbone(method, out_dir / BACKBONE_NAME, schedule=schedule,
                         steps_done=schedule.steps, pairs=pairs, config=config)
     return curve

@@ -75,7 +75,8 @@ class SegmentationMetric:
         out = {"mIoU": _nanmean(iou) * 100,
                "Acc": float(tp.sum() / total * 100) if total > 0 else float("nan"),
                "mAcc": _nanmean(acc_c) * 100,
-               "IoU": [float(v) * 100 for v in iou]}
+               "IoU": [float(v) * 100 for v in iou],
+               "confusion": self.confusion.tolist()}  # [ground truth, prediction] pixels
         for name, idx in self.class_groups.items():
             out[f"mIoU_{name}"] = _nanmean(iou[idx]) * 100 if idx else float("nan")
         return out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from pathlib import Path
 
 from ..suite import load_suite, resolve_suite, suite_names
 
@@ -21,6 +22,11 @@ def register(sub) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--out", default="runs", help="run folders go here (default ./runs)")
     p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--force", action="store_true",
+                   help="run again even if this (checkpoint, suite, seed) already finished; "
+                        "the old result is kept as seedN.replaced-<time>")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="override suite values, e.g. protocol.iterations=1000")
     p.set_defaults(func=cmd_run)
@@ -78,13 +84,19 @@ def _fmt(v: float) -> str:
 def cmd_run(args) -> int:
     import torch
     from readout.train import init_distributed, world
-    from ..runner import run_seed
+    from ..runner import RECORD_NAME, run_or_reuse
+    from ..tracking import push_record
     resolved = resolve_suite(args.suite, scale=args.scale, overrides=args.overrides)
     init_distributed()  # no-op unless launched by torchrun with WORLD_SIZE > 1
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    records = [run_seed(resolved, args.checkpoint, data_root_dir=args.data_root, seed=seed,
-                        device=device, out_dir=args.out, num_workers=args.num_workers)
-               for seed in range(args.seeds)]
+    records = []
+    for seed in range(args.seeds):
+        record = run_or_reuse(resolved, args.checkpoint, data_root_dir=args.data_root,
+                              seed=seed, device=device, out_dir=args.out,
+                              num_workers=args.num_workers, force=args.force)
+        if world()[0] == 0 and record["status"] == "finished":  # local record first
+            push_record(Path(record["run_dir"]) / RECORD_NAME, uri=args.tracking_uri)
+        records.append(record)
     if world()[0] == 0:
         print_records(records)
     return 0

@@ -1,4 +1,5 @@
 import csv
+import io
 import shutil
 import subprocess
 import sys
@@ -77,6 +78,16 @@ def test_console_script_demo_end_to_end(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "SYNTHETIC" in run.stdout
     assert (tmp_path / "stats" / "bdd100k_synthetic_train.csv").is_file()
+    board = (tmp_path / "leaderboard.csv").read_text()
+    rows = list(csv.DictReader(io.StringIO(board)))
+    assert sorted(r["method"] for r in rows) == ["BYOL (crop w/ video)", "FlowE", "PooDLe",
+                                                 "Scratch"]
+    assert all(r["source"] == "ours (SYNTHETIC world)" and float(r["mIoU"]) >= 0 for r in rows)
+    assert run.stdout.count("[mlflow] logged") == 7  # 3 pretraining + 4 readout runs
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
     again = subprocess.run([exe, "demo", "--preset", "tiny", "--out", str(tmp_path)],
                            capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "reusing" in again.stdout
+    assert again.returncode == 0 and "reusing" in again.stdout, again.stderr
+    # a second demo trains and logs nothing new: same checkpoints, readouts skipped
+    assert again.stdout.count("[skip]") == 4 and "[mlflow] logged" not in again.stdout
+    assert (tmp_path / "leaderboard.csv").read_text() == board

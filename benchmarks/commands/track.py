@@ -1,0 +1,130 @@
+"""`bench sync`, `bench leaderboard`, `bench table` and `bench ui`: results in MLflow."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from ..cli import UserError
+from ..suite import suite_names
+
+URI_HELP = "MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sync", help="push every local record MLflow has not got yet")
+    p.add_argument("folders", nargs="*", default=["runs"],
+                   help="folders holding run records (default: runs)")
+    p.add_argument("--tracking-uri", default=None, help=URI_HELP)
+    p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("leaderboard", help="one row per checkpoint for a suite, from MLflow")
+    p.add_argument("--suite", required=True, help=f"one of: {', '.join(suite_names())}")
+    p.add_argument("--published", action="store_true",
+                   help="add the papers' rows (results/published/results.csv)")
+    p.add_argument("--synthetic", action="store_true",
+                   help="the synthetic-world results of the suite (never beside published)")
+    p.add_argument("--per-class", action="store_true", help="add per-class columns")
+    p.add_argument("--format", choices=("csv", "md", "text"), default=None,
+                   help="default: text on screen, csv for --out FILE.csv, md for FILE.md")
+    p.add_argument("--out", default=None, help="write here (a chart PNG is written beside)")
+    p.add_argument("--tracking-uri", default=None, help=URI_HELP)
+    p.set_defaults(func=cmd_leaderboard)
+
+    from ..leaderboard import table_names
+    p = sub.add_parser("table", help="a paper table's layout, our results where we have them")
+    p.add_argument("name", help=f"one of: {', '.join(table_names())}")
+    p.add_argument("--no-ours", action="store_true", help="published values only")
+    p.add_argument("--format", choices=("csv", "md", "text"), default=None)
+    p.add_argument("--out", default=None, help="write here (a chart PNG is written beside)")
+    p.add_argument("--tracking-uri", default=None, help=URI_HELP)
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the configured store")
+    p.add_argument("--tracking-uri", default=None, help=URI_HELP)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--print-command", action="store_true",
+                   help="print the server command instead of starting it")
+    p.set_defaults(func=cmd_ui)
+
+
+def cmd_sync(args) -> int:
+    from ..tracking import store_uri, sync
+    missing = [f for f in args.folders if not Path(f).is_dir()]
+    if missing:
+        raise UserError(f"no such folder(s): {', '.join(missing)}")
+    counts = sync(args.folders, uri=args.tracking_uri)
+    print(f"[sync] {store_uri(args.tracking_uri)}: {counts['synced']} pushed, "
+          f"{counts['already']} already there, {counts['failed']} failed")
+    return 1 if counts["failed"] else 0
+
+
+def _output(header, body, fmt, out, chart_fn) -> None:
+    from ..leaderboard import render
+    fmt = fmt or ("md" if out and out.endswith(".md") else "csv" if out else "text")
+    text = render(header, body, fmt)
+    if not out:
+        print(text, end="")
+        return
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    png = chart_fn(path.with_suffix(".png"))
+    print(f"wrote {path}" + (f" and {png}" if png else "") + f" ({len(body)} rows)")
+
+
+def _tracker(uri):
+    from ..tracking import Tracker, TrackingUnavailable
+    try:
+        return Tracker(uri)
+    except TrackingUnavailable as e:
+        raise UserError(str(e)) from None
+
+
+def cmd_leaderboard(args) -> int:
+    from ..leaderboard import chart, leaderboard, metric_columns, to_table
+    if args.suite not in suite_names():
+        raise UserError(f"unknown suite {args.suite!r}; known: {', '.join(suite_names())}")
+    rows = leaderboard(args.suite, _tracker(args.tracking_uri), published=args.published,
+                       synthetic=args.synthetic)
+    if not rows:
+        print(f"no results for {args.suite}" + (" (synthetic)" if args.synthetic else "")
+              + " yet: run `bench run --suite ...` first")
+        return 0
+    header, body = to_table(rows, per_class=args.per_class)
+    main = (metric_columns(rows) or ["mIoU"])[0]
+    title = f"{args.suite}" + (" - SYNTHETIC world" if args.synthetic else "")
+    _output(header, body, args.format, args.out, lambda png: chart(rows, main, png, title))
+    return 0
+
+
+def cmd_table(args) -> int:
+    from ..leaderboard import chart, paper_table, table_body
+    tracker = None if args.no_ours else _tracker(args.tracking_uri)
+    spec, rows = paper_table(args.name, tracker)
+    header, body = table_body(spec, rows)
+    if not args.out:
+        print(spec["title"])
+    first = spec["columns"][0]["label"]
+    _output(header, body, args.format, args.out,
+            lambda png: chart(rows, first, png, spec["title"]))
+    ours = sum(c.ours for r in rows for c in r.cells.values())
+    print(f"{ours} cell(s) from our runs (real data only), the rest as published")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from ..tracking import server_command, store_uri
+    uri = store_uri(args.tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        print(f"the tracking store is a server already: open {uri}")
+        return 0
+    cmd = server_command(uri, args.host, args.port)
+    if args.print_command:
+        print(" ".join(cmd))
+        return 0
+    print(f"MLflow UI for {uri}\n  open http://{args.host}:{args.port}  (Ctrl-C stops it)")
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,222 @@
+"""MLflow tracking against a real tracking server on 127.0.0.1 and the default SQLite store:
+local records first, `bench sync` after an outage, reruns as no-ops, --force, locks, and
+pretraining lineage."""
+import contextlib
+import io
+import json
+import math
+import socket
+import statistics
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from benchmarks.cli import main
+from benchmarks.runner import record_lock
+from benchmarks.tracking import SYNC_NAME, Tracker, server_command, sqlite_uri
+
+SUITE = "cityscapes_linear"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`mlflow server` (the command `bench ui` starts) on a SQLite backend."""
+    folder = tmp_path_factory.mktemp("mlflow_server")
+    port = _free_port()
+    log = open(folder / "server.log", "w")
+    proc = subprocess.Popen(server_command(sqlite_uri(folder), port=port), stdout=log,
+                            stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(uri + "/health", timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise RuntimeError((folder / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+    yield uri
+    proc.terminate()
+    proc.wait(30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def r18(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "scratch_r18.pth"
+    assert main(["checkpoint", "scratch", "--arch", "resnet18", "--out", str(path)]) == 0
+    return path
+
+
+def _run(ckpt, root, runs, uri, *extra):
+    return main(["run", "--suite", SUITE, "--checkpoint", str(ckpt), "--data-root", str(root),
+                 "--scale", "smoke", "--device", "cpu", "--out", str(runs),
+                 "--tracking-uri", uri, *extra])
+
+
+@pytest.fixture(scope="module")
+def offline_runs(tmp_path_factory, tiny_root, r18):
+    """Two seeds run while the tracking server is down (nothing listens on the port)."""
+    runs = tmp_path_factory.mktemp("runs")
+    down = f"http://127.0.0.1:{_free_port()}"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert _run(r18, tiny_root, runs, down, "--seeds", "2") == 0
+    (runs / "printed.txt").write_text(printed.getvalue())
+    return runs
+
+
+def _records(runs):
+    return sorted(runs.rglob("metrics.json"))
+
+
+def _children(tracker, synthetic=True):
+    (parent,) = tracker.parent_runs(SUITE, synthetic)
+    exp = tracker.experiment_id(f"{SUITE} [synthetic]" if synthetic else SUITE)
+    return parent, tracker._runs([exp], **{"mlflow.parentRunId": parent["run_id"]})
+
+
+def test_outage_then_sync_then_rerun_is_a_noop(server, offline_runs, tiny_root, r18, capsys):
+    records = _records(offline_runs)
+    assert len(records) == 2
+    assert not any((r.parent / SYNC_NAME).exists() for r in records)  # nothing reached MLflow
+    assert (offline_runs / "printed.txt").read_text().count("`bench sync` pushes it later") == 2
+
+    assert main(["sync", str(offline_runs), "--tracking-uri", server]) == 0
+    assert "2 pushed, 0 already there, 0 failed" in capsys.readouterr().out
+    tracker = Tracker(server)
+    parent, children = _children(tracker)
+    local = [json.loads(r.read_text()) for r in records]
+    mious = [rec["metrics"]["mIoU"] for rec in local]
+    assert parent["metrics"]["seeds"] == 2 and len(children) == 2
+    assert parent["metrics"]["mIoU"] == pytest.approx(statistics.fmean(mious))
+    assert parent["metrics"]["mIoU_std"] == pytest.approx(statistics.stdev(mious))
+    tags = parent["tags"]
+    assert tags["synthetic"] == "true" and tags["method"] == "scratch"
+    assert tags["checkpoint_sha256"] == local[0]["checkpoint_sha256"]
+    assert tags["suite_hash"] == local[0]["suite_hash"] and tags["arch"] == "resnet18"
+    child = next(c for c in children if c.data.tags["seed"] == "0")
+    seed0 = next(rec for rec in local if rec["seed"] == 0)
+    assert child.data.metrics["IoU_road"] == pytest.approx(seed0["per_class"]["road"])
+    assert child.data.params["protocol.iterations"] == "3"
+    loss = tracker.client.get_metric_history(child.info.run_id, "train/loss")
+    assert [m.step for m in loss] == [1, 2, 3]
+    assert [m.value for m in loss] == pytest.approx([c["loss"] for c in seed0["loss_curve"]])
+    files = {f.path for f in tracker.client.list_artifacts(child.info.run_id)}
+    assert {"per_class.png", "confusion.png", "resolved_suite.yaml", "metrics.json",
+            "per_class_table.json", "qualitative"} <= files
+    assert len(tracker.client.list_artifacts(child.info.run_id, "qualitative")) == 3
+
+    # everything is synced: sync and rerun change nothing
+    assert main(["sync", str(offline_runs), "--tracking-uri", server]) == 0
+    assert "0 pushed, 2 already there" in capsys.readouterr().out
+    mtimes = [r.stat().st_mtime_ns for r in records]
+    assert _run(r18, tiny_root, offline_runs, server, "--seeds", "2") == 0
+    assert capsys.readouterr().out.count("[skip]") == 2
+    assert [r.stat().st_mtime_ns for r in _records(offline_runs)] == mtimes
+    # a lost sync marker does not duplicate the run: it is found by its record id
+    (records[0].parent / SYNC_NAME).unlink()
+    assert main(["sync", str(offline_runs), "--tracking-uri", server]) == 0
+    assert len(_children(tracker)[1]) == 2
+
+
+def test_force_reruns_keeps_the_old_result_and_replaces_its_mlflow_run(
+        server, offline_runs, tiny_root, r18, capsys):
+    assert main(["sync", str(offline_runs), "--tracking-uri", server]) == 0
+    (seed0,) = offline_runs.rglob("seed0/metrics.json")
+    old = json.loads(seed0.read_text())
+    assert _run(r18, tiny_root, offline_runs, server, "--force") == 0
+    new = json.loads(seed0.read_text())
+    assert new["record_id"] != old["record_id"]
+    (kept,) = seed0.parent.parent.glob("seed0.replaced-*")
+    assert json.loads((kept / "metrics.json").read_text())["record_id"] == old["record_id"]
+    _, children = _children(Tracker(server))
+    assert sorted(c.data.tags["bench_record"] for c in children if c.data.tags["seed"] == "0") \
+        == [new["record_id"]]
+    assert len(children) == 2
+    # the replaced folder is history, never pushed again
+    assert main(["sync", str(offline_runs), "--tracking-uri", server]) == 0
+    assert "0 pushed" in capsys.readouterr().out
+
+
+def test_a_second_run_of_the_same_key_is_refused_and_stale_locks_are_taken_over(
+        offline_runs, tiny_root, r18, tmp_path, capsys):
+    uri = sqlite_uri(tmp_path / "store")
+    (seed0,) = offline_runs.rglob("seed0/metrics.json")
+    with record_lock(seed0.parent):  # another live process holds this key
+        assert _run(r18, tiny_root, offline_runs, uri) == 2
+    assert "being run by process" in capsys.readouterr().err
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (seed0.parent / ".lock").write_text(f"{socket.gethostname()} {dead.pid}")
+    assert _run(r18, tiny_root, offline_runs, uri) == 0
+    assert "[skip]" in capsys.readouterr().out
+    assert not (seed0.parent / ".lock").exists()
+
+
+def test_default_store_is_sqlite_in_the_working_folder(offline_runs, tmp_path, monkeypatch,
+                                                       capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["sync", str(offline_runs)]) == 0
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
+    capsys.readouterr()
+    assert main(["leaderboard", "--suite", SUITE, "--synthetic"]) == 0
+    out = capsys.readouterr().out
+    assert "Scratch" in out and "ours (SYNTHETIC world)" in out and "±" in out
+    assert main(["leaderboard", "--suite", SUITE, "--synthetic", "--published"]) == 2
+    assert "never put beside" in capsys.readouterr().err
+    assert main(["leaderboard", "--suite", SUITE, "--synthetic", "--out",
+                 str(tmp_path / "lb.csv")]) == 0
+    assert (tmp_path / "lb.png").is_file()
+    rows = (tmp_path / "lb.csv").read_text().splitlines()
+    assert rows[0].startswith("source,method,arch") and len(rows) == 2
+    # real-data leaderboards and paper tables never show synthetic results
+    assert main(["leaderboard", "--suite", SUITE]) == 0
+    assert "no results" in capsys.readouterr().out
+    assert main(["table", "poodle-table1"]) == 0
+    assert "0 cell(s) from our runs" in capsys.readouterr().out
+
+
+def test_pretraining_run_is_logged_and_readouts_carry_its_lineage(tiny_root, tmp_path, capsys):
+    uri = sqlite_uri(tmp_path / "store")
+    out = tmp_path / "byol_video"
+    assert main(["pretrain", "--method", "byol_video", "--preset", "smoke", "--videos",
+                 str(tiny_root / "bdd100k" / "videos" / "train"), "--out", str(out),
+                 "--no-progress", "--tracking-uri", uri]) == 0
+    record = json.loads((out / "pretrain_record.json").read_text())
+    assert record["synthetic"] is True and record["steps"] == 4
+    tracker = Tracker(uri)
+    exp = tracker.experiment_id("pretrain [synthetic]")
+    (run,) = tracker._runs([exp], bench_kind="pretrain")
+    assert run.data.tags["checkpoint_sha256"] == record["checkpoint_sha256"]
+    assert len(tracker.client.get_metric_history(run.info.run_id, "train/loss")) == 4
+    assert [f.path for f in tracker.client.list_artifacts(run.info.run_id, "checkpoint")] \
+        == ["checkpoint/backbone.pth"]
+    assert main(["run", "--suite", SUITE, "--checkpoint", str(out / "backbone.pth"),
+                 "--data-root", str(tiny_root), "--scale", "smoke", "--device", "cpu",
+                 "--out", str(tmp_path / "runs"), "--tracking-uri", uri,
+                 "protocol.iterations=1"]) == 0
+    (parent,) = tracker.parent_runs(SUITE, True)
+    assert parent["tags"]["pretrain_run_id"] == run.info.run_id
+    assert parent["tags"]["method"] == "byol_video"
+    assert math.isfinite(parent["metrics"]["mIoU"])
+
+
+def test_ui_command(tmp_path, capsys):
+    uri = sqlite_uri(tmp_path)
+    assert main(["ui", "--tracking-uri", uri, "--port", "5123", "--print-command"]) == 0
+    out = capsys.readouterr().out
+    assert "mlflow server" in out and "--port 5123" in out and "127.0.0.1" in out
+    assert main(["ui", "--tracking-uri", "http://127.0.0.1:5999"]) == 0
+    assert "server already" in capsys.readouterr().out
