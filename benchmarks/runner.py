@@ -10,7 +10,7 @@ import platform
 import socket
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import yaml
@@ -90,10 +90,8 @@ def run_or_reuse(resolved: dict, checkpoint_path, *, seed: int, out_dir="runs",
     from readout.backbone import file_sha256
     from readout.train import world
     run_dir = record_dir(out_dir, resolved, file_sha256(checkpoint_path), seed)
-    if world()[1] > 1:  # under torchrun rank 0 alone cannot lock for the group
-        return _reuse_or_run(run_dir, resolved, checkpoint_path, seed, out_dir, force, log,
-                             kwargs)
-    with record_lock(run_dir):
+    # under torchrun rank 0 alone cannot lock for the group
+    with record_lock(run_dir) if world()[1] == 1 else nullcontext():
         return _reuse_or_run(run_dir, resolved, checkpoint_path, seed, out_dir, force, log,
                              kwargs)
 
