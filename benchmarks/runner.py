@@ -19,7 +19,7 @@ from readout.datasets import build_dataset
 from readout.datasets.base import data_root
 from readout.datasets.stats import class_statistics, read_stats_csv, write_stats_csv
 
-from pretrain.checkpoint import git_sha
+from pretrain.checkpoint import atomic_path, git_sha
 
 from .suite import suite_hash
 
@@ -222,9 +222,8 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
     _write_figures(record, confusion, train_set.classes, run_dir, illustrate, model, eval_set,
                    device)
     # the record is written last: its presence means the folder is complete
-    tmp = run_dir / f".{RECORD_NAME}.tmp"
-    tmp.write_text(json.dumps(record, indent=1, allow_nan=True))
-    tmp.replace(run_dir / RECORD_NAME)
+    with atomic_path(run_dir / RECORD_NAME) as tmp:
+        tmp.write_text(json.dumps(record, indent=1, allow_nan=True))
     return record
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from pretrain.checkpoint import atomic_path
+
 SYNC_NAME = "mlflow_sync.json"
 READOUT_RECORD = "metrics.json"
 PRETRAIN_RECORD = "pretrain_record.json"
@@ -79,9 +81,8 @@ def _mark_synced(record_dir, uri: str, run_id: str) -> None:
     path = Path(record_dir) / SYNC_NAME
     marks = json.loads(path.read_text()) if path.is_file() else {}
     marks[uri] = run_id
-    tmp = path.with_name(f".{SYNC_NAME}.tmp")
-    tmp.write_text(json.dumps(marks, indent=1))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(marks, indent=1))
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:

@@ -8,8 +8,6 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
 FORMAT = "flowssl-backbone/1"
 
 
@@ -51,6 +49,7 @@ def atomic_path(path):
 
 
 def write_checkpoint(checkpoint: dict, path) -> Path:
+    import torch  # here, so that atomic_path serves torch-free callers (tracking) cheaply
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
     return Path(path)

@@ -38,6 +38,7 @@ def cmd_pretrain(args) -> int:
 def write_record(out: Path, *, method: str, preset: str, videos, seconds: float) -> dict | None:
     """``pretrain_record.json`` once the schedule is done (the checkpoint exists); a run
     resumed after it finished keeps its first record."""
+    from pretrain.checkpoint import atomic_path
     from readout.backbone import file_sha256, read_checkpoint
     from ..runner import is_synthetic
     from ..tracking import PRETRAIN_RECORD
@@ -61,7 +62,6 @@ def write_record(out: Path, *, method: str, preset: str, videos, seconds: float)
               "pairs_per_s": sum(rates) / len(rates) if rates else float("nan"),
               "seconds": round(seconds, 2), "git_sha": meta.get("git_sha", ""),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = path.with_name(f".{PRETRAIN_RECORD}.tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
     return record
