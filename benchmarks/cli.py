@@ -7,7 +7,8 @@ import sys
 
 COMMAND_MODULES = ("benchmarks.commands.data", "benchmarks.commands.readout",
                    "benchmarks.commands.flow", "benchmarks.commands.pretrain",
-                   "benchmarks.commands.track", "benchmarks.commands.demo")
+                   "benchmarks.commands.track", "benchmarks.commands.demo",
+                   "benchmarks.commands.study")
 
 
 class UserError(Exception):

@@ -93,3 +93,31 @@ def leaderboard_chart(labels: list[str], means: list[float], stds: list[float],
     ax.set_xlabel(metric)
     ax.set_title(title, fontsize=9)
     return _save(fig, path)
+
+
+def study_chart(board: list[dict], metrics, labels: list[str], methods: list[str], path,
+                title: str):
+    """One panel per suite: grouped bars (one per method) for each metric, with the std
+    over seeds as error bars."""
+    plt = _pyplot()
+    suites = list(dict.fromkeys(r["suite"] for r in board))
+    fig, axes = plt.subplots(len(suites), 1, figsize=(9, 2.8 * len(suites) + 0.6),
+                             squeeze=False)
+    width = 0.8 / max(1, len(methods))
+    colours = plt.get_cmap("tab10")
+    for ax, suite in zip(axes[:, 0], suites):
+        rows = {r["method"]: r for r in board if r["suite"] == suite}
+        for j, method in enumerate(methods):
+            row = rows.get(method)
+            if row is None:
+                continue
+            x = np.arange(len(metrics)) + (j - (len(methods) - 1) / 2) * width
+            means = [0 if math.isnan(row[m]) else row[m] for m in metrics]
+            stds = [0 if math.isnan(row[f"{m}_std"]) else row[f"{m}_std"] for m in metrics]
+            ax.bar(x, means, width, yerr=stds, capsize=2, label=labels[j], color=colours(j))
+        ax.set_xticks(np.arange(len(metrics)), metrics, fontsize=8)
+        ax.set_ylabel(suite, fontsize=8)
+        ax.set_ylim(bottom=0)
+    axes[0, 0].legend(fontsize=7, ncol=min(4, len(methods)), loc="upper right")
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)

@@ -181,16 +181,27 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
     train_set = build_dataset(resolved["dataset"], root, resolved["splits"]["train"])
     eval_set = build_dataset(resolved["dataset"], root, resolved["splits"]["eval"])
     torch.manual_seed(seed)
-    task = _segmentation if resolved["task"] == "semantic_segmentation" else _detection
+    task = _detection if resolved["task"] == "object_detection" else _segmentation
     model, evaluate_fn, extra, illustrate = task(resolved, ckpt, train_set, run_dir, log)
-    schedule = ReadoutSchedule(**protocol_kwargs(
-        resolved, seed, num_workers, train_images=len(model.training_indices(train_set))))
     t0 = time.perf_counter()
-    curve = train_readout(model, train_set, schedule, device=device, work_dir=run_dir,
-                          stop_after=stop_after, progress=progress)
+    if resolved["task"] == "retrieval_segmentation":  # nothing trains: fill the memory bank
+        from readout.knn import fill_memory
+        p = resolved["protocol"]
+        schedule_info = fill_memory(
+            model, train_set, memory_size=p["memory_size"], augment_epochs=p["augment_epochs"],
+            resize=p["resize"], crop=p["crop"], flip=p["flip"], seed=seed, device=device,
+            progress=progress)
+        curve = []
+    else:
+        schedule = ReadoutSchedule(**protocol_kwargs(
+            resolved, seed, num_workers, train_images=len(model.training_indices(train_set))))
+        curve = train_readout(model, train_set, schedule, device=device, work_dir=run_dir,
+                              stop_after=stop_after, progress=progress)
+        if len(curve) < schedule.iterations:
+            return {"status": "interrupted", "run_dir": str(run_dir), "iteration": len(curve)}
+        schedule_info = {"iterations": schedule.iterations, "lr_steps": list(schedule.lr_steps),
+                         "warmup_iterations": schedule.warmup_iterations}
     train_s = time.perf_counter() - t0
-    if len(curve) < schedule.iterations:
-        return {"status": "interrupted", "run_dir": str(run_dir), "iteration": len(curve)}
     t0 = time.perf_counter()
     metrics, per_class_metric, per_class = evaluate_fn(model, eval_set, device, progress)
     confusion = metrics.pop("confusion", None)
@@ -204,8 +215,7 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
         "scale": resolved["scale"], "metrics": metrics,
         "per_class_metric": per_class_metric,
         "per_class": dict(zip(train_set.classes, per_class)), **extra,
-        "schedule": {"iterations": schedule.iterations, "lr_steps": list(schedule.lr_steps),
-                     "warmup_iterations": schedule.warmup_iterations},
+        "schedule": schedule_info,
         "loss_curve": curve, "seconds": {"train": round(train_s, 2),
                                          "eval": round(time.perf_counter() - t0, 2)},
         "device": str(device), "host": platform.node(), "run_dir": str(run_dir),
@@ -247,8 +257,13 @@ def _segmentation(resolved, ckpt, train_set, run_dir, log):
     from readout.model import build_segmentation_model
     from readout.train import evaluate
     groups = class_group_indices(resolved, train_set, run_dir)
+    p = resolved["protocol"]
+    head_kwargs = ({"k": p["k"], "temperature": float(p["temperature"])}
+                   if resolved["task"] == "retrieval_segmentation"
+                   else resolved.get("head_options", {}))
     model = build_segmentation_model(ckpt, resolved["head"], train_set.num_classes,
-                                     finetune=resolved["finetune"], log=log)
+                                     finetune=resolved["finetune"], log=log,
+                                     head_kwargs=head_kwargs)
     ev = resolved["eval"]
 
     def evaluate_fn(model, eval_set, device, progress):

@@ -16,7 +16,7 @@ SUITE_DIR = Path(__file__).with_name("suites")
 SCHEMA = {
     "name": str, "description": str, "task": str, "dataset": str, "splits": dict,
     "head": str, "finetune": bool, "protocol": dict, "eval": dict, "class_groups": str,
-    "source": dict, "scales": dict,
+    "source": dict, "scales": dict, "head_options": dict,
 }
 SPLITS = {"train": str, "eval": str}
 EVAL = {"mode": str, "crop": list, "stride": list}
@@ -49,6 +49,14 @@ TASKS = {
         cited=("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule",
                "lr_steps", "gamma", "warmup_iterations", "warmup_factor", "flip"),
         required=(), forbidden=("eval", "class_groups")),
+    # Hummingbird nearest-neighbour segmentation (readout/knn.py): nothing trains; the
+    # training split fills a memory bank through the readout's own crop / resize / flip
+    "retrieval_segmentation": Task(
+        protocol={"k": int, "temperature": float, "memory_size": int, "augment_epochs": int,
+                  "resize": dict, "crop": list, "flip": bool},
+        cited=("k", "temperature", "memory_size", "augment_epochs", "resize", "crop", "flip",
+               "eval"),
+        required=("class_groups",), forbidden=()),
 }
 COMMON_REQUIRED = ("name", "description", "task", "dataset", "splits", "head", "protocol",
                    "source")
@@ -102,13 +110,14 @@ def validate_suite(data: dict, where: str = "suite") -> dict:
     if "eval" in task.cited:
         _check_keys(f"{where}.eval", data.get("eval", {"mode": "whole"}), EVAL, required=False)
     _check_protocol(where, data["task"], data["protocol"], data.get("eval", {"mode": "whole"}))
-    if data["task"] == "object_detection" and data.get("finetune"):
-        raise SuiteError(f"{where}.finetune: detection readouts exist with a frozen backbone "
-                         f"only")
+    if data["task"] != "semantic_segmentation" and data.get("finetune"):
+        raise SuiteError(f"{where}.finetune: {data['task']} readouts exist with a frozen "
+                         f"backbone only")
     uncited = [k for k in task.cited if k not in data["source"]]
     if uncited:
         raise SuiteError(f"{where}.source: no source for {uncited}; every number needs one")
-    scale_schema = {"protocol": dict, "eval": dict} if "eval" in task.cited else {"protocol": dict}
+    scale_schema = ({"protocol": dict, "eval": dict, "head_options": dict} if "eval" in task.cited
+                    else {"protocol": dict})
     for scale, body in data.get("scales", {}).items():
         _check_keys(f"{where}.scales.{scale}", body, scale_schema, False)
         _check_keys(f"{where}.scales.{scale}.protocol", body.get("protocol", {}),
@@ -116,8 +125,33 @@ def validate_suite(data: dict, where: str = "suite") -> dict:
         _check_keys(f"{where}.scales.{scale}.eval", body.get("eval", {}), EVAL, required=False)
     from readout.datasets import get_dataset_class
     get_dataset_class(data["dataset"])
-    head_class(data)
+    _check_head_options(where, data)
     return data
+
+
+def head_option_names(data: dict) -> set[str]:
+    """The keyword arguments a suite's head takes beyond what the runner passes itself."""
+    import inspect
+    cls = head_class(data)
+    if data["task"] != "semantic_segmentation":
+        return set()
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name for p in params if p.kind == p.KEYWORD_ONLY} - {
+        "input_shape", "num_classes", "in_feature"}
+
+
+def _check_head_options(where: str, data: dict) -> None:
+    options = data.get("head_options", {})
+    known = head_option_names(data)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise SuiteError(f"{where}.head_options: unknown key(s) {unknown} for head "
+                         f"{data['head']!r}; valid keys: {sorted(known)}")
+    if options:
+        try:
+            head_class(data).check_options(options)
+        except ValueError as e:
+            raise SuiteError(f"{where}.head_options: {e}") from None
 
 
 def head_class(data: dict):
@@ -125,6 +159,10 @@ def head_class(data: dict):
     if data["task"] == "object_detection":
         from readout.detection import get_detector_class
         return get_detector_class(data["head"])
+    if data["task"] == "retrieval_segmentation":
+        import readout.knn  # noqa: F401  (registration)
+        from readout.heads import RETRIEVAL_HEADS
+        return RETRIEVAL_HEADS.get_class(data["head"])
     from readout.heads import get_head_class
     return get_head_class(data["head"])
 
@@ -139,7 +177,13 @@ def _check_protocol(where: str, task: str, p: dict, ev: dict) -> None:
         if p["epochs"] <= 0:
             raise SuiteError(f"{where}.protocol.epochs: must be positive")
         return
-    if p["optimizer"] != "sgd" or p["schedule"] != "poly":
+    if task == "retrieval_segmentation":
+        for key in ("k", "memory_size", "augment_epochs"):
+            if p[key] < 1:
+                raise SuiteError(f"{where}.protocol.{key}: must be >= 1, got {p[key]}")
+        if not p["temperature"] > 0:
+            raise SuiteError(f"{where}.protocol.temperature: must be > 0")
+    elif p["optimizer"] != "sgd" or p["schedule"] != "poly":
         raise SuiteError(f"{where}.protocol: only optimizer 'sgd' with schedule 'poly' exist")
     if len(p["crop"]) != 2:
         raise SuiteError(f"{where}.protocol.crop: [height, width]")
@@ -172,6 +216,8 @@ def overridable(task: str) -> list[str]:
     keys = [f"splits.{k}" for k in SPLITS] + [f"protocol.{k}" for k in spec.protocol]
     if "eval" in spec.cited:
         keys += [f"eval.{k}" for k in EVAL]
+    if task == "semantic_segmentation":
+        keys.append("head_options.<name>")  # checked against the head's keyword arguments
     return keys + ["head", "finetune"] + [k for k in spec.required]
 
 
@@ -182,7 +228,8 @@ def apply_overrides(resolved: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise SuiteError(f"override {item!r} is not key=value")
         key, raw = item.split("=", 1)
-        if key not in valid:
+        options = key.startswith("head_options.") and "head_options.<name>" in valid
+        if key not in valid and not options:
             raise SuiteError(f"unknown override key {key!r}; valid keys: {', '.join(valid)}")
         node = resolved
         *parents, leaf = key.split(".")
@@ -206,6 +253,9 @@ def resolve_suite(name: str, *, scale: str | None = None, overrides=()) -> dict:
         resolved["protocol"].update(copy.deepcopy(scales[scale].get("protocol", {})))
         if "eval" in resolved:
             resolved["eval"].update(copy.deepcopy(scales[scale].get("eval", {})))
+        if "head_options" in scales[scale]:
+            resolved.setdefault("head_options", {}).update(
+                copy.deepcopy(scales[scale]["head_options"]))
     apply_overrides(resolved, list(overrides))
     validate_suite(resolved, where=f"{name} (resolved)")
     resolved["scale"] = scale or "paper"

@@ -30,6 +30,7 @@ from pretrain.checkpoint import atomic_path
 SYNC_NAME = "mlflow_sync.json"
 READOUT_RECORD = "metrics.json"
 PRETRAIN_RECORD = "pretrain_record.json"
+EVAL_CURVE = "eval_curve.json"  # written by `bench pretrain --eval-every`
 PRETRAIN_EXPERIMENT = "pretrain"
 DEFAULT_STORE = Path("mlruns")
 CURVE_PREFIX = "train/"
@@ -161,15 +162,16 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100])
 
-    def _log_metrics(self, run_id: str, values: dict[str, float], curve: list[dict] = ()):
-        """`values` once at step 0; each `curve` entry's numbers under train/<name>."""
+    def _log_metrics(self, run_id: str, values: dict[str, float], curve: list[dict] = (),
+                     prefix: str = CURVE_PREFIX):
+        """`values` once at step 0; each `curve` entry's numbers under <prefix><name>."""
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
         items = [Metric(metric_key(k), float(v), now, 0) for k, v in values.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
         for entry in curve:
             step = int(entry.get("step", 0))
-            items += [Metric(CURVE_PREFIX + metric_key(k), float(v), now, step)
+            items += [Metric(prefix + metric_key(k), float(v), now, step)
                       for k, v in entry.items()
                       if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)]
         for i in range(0, len(items), 1000):
@@ -294,8 +296,15 @@ class Tracker:
         self._log_metrics(run, {"final_loss": curve[-1]["loss"], "steps": len(curve),
                                 "pairs_per_s": record["pairs_per_s"],
                                 "seconds": record["seconds"]}, curve)
+        evals = out_dir / EVAL_CURVE
+        if evals.is_file():  # `bench pretrain --eval-every`: kNN quality of the exports
+            self._log_metrics(run, {}, [
+                {"step": e["step"], **{f"{e['suite']}/{k}": v for k, v in e.items()
+                                       if k not in ("step", "suite")}}
+                for e in json.loads(evals.read_text())], prefix="eval/")
         self._log_files(run, out_dir, [out_dir / n for n in
-                                       ("config.yaml", "curve.json", PRETRAIN_RECORD)])
+                                       ("config.yaml", "curve.json", PRETRAIN_RECORD,
+                                        EVAL_CURVE) if (out_dir / n).is_file()])
         self.client.log_artifact(run, record["checkpoint"], "checkpoint")
         self.client.set_terminated(run, "FINISHED")
         return run

@@ -18,8 +18,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True,
                    help="run folder: config.yaml, pretrain_state.pth (resumed on rerun), "
                         "curve.json, backbone.pth")
-    p.add_argument("--preset", default="paper", choices=("paper", "smoke"),
-                   help="paper: the published recipe (GPU); smoke: ResNet-18, a few CPU steps")
+    p.add_argument("--preset", default="paper",
+                   help="a preset of pretrain/configs/<method>.yaml: paper (the published "
+                        "recipe, GPU), smoke (ResNet-18, a few CPU steps), study_cpu / "
+                        "study_gpu (the learning study's)")
     p.add_argument("--flow", default=None,
                    help=f"{FLOW_CHOICES} (default: the preset's; gt = the synthetic world's "
                         f"exact flow; cache:DIR = a `bench flow precompute` cache)")
@@ -46,7 +48,7 @@ def _flow(name: str, weights):
     return get_estimator(name, **kwargs), None
 
 
-def run(args) -> int:
+def run(args, on_export=None) -> int:
     import torch
     import yaml
 
@@ -89,7 +91,7 @@ def run(args) -> int:
     curve = pretrain(method, pairs, PretrainSchedule(**resolved["schedule"]), out_dir=out,
                      device=device, estimator=estimator, config=resolved,
                      stop_after=args.stop_after, workers=args.workers, sync_bn=args.sync_bn,
-                     progress=not args.no_progress, log=log)
+                     progress=not args.no_progress, log=log, on_export=on_export)
     if rank == 0:
         (out / "curve.json").write_text(json.dumps(curve))
         if source.skipped:

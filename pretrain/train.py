@@ -3,7 +3,8 @@ EMA target (0.996 -> 1), DistributedDataParallel under torchrun with optional sy
 BatchNorm, bf16 autocast on CUDA, per-step deterministic seeding, atomic checkpoints with
 automatic resume, a stop on a non-finite loss that keeps the last good checkpoint, a
 progress bar with loss and pairs/s, periodic and final backbone export in the
-``flowssl-backbone/1`` contract.
+``flowssl-backbone/1`` contract, and the run's health in the curve (each loss term, gradient
+norm, projection std, RankMe, mask fraction; ``pretrain.health``) with a collapse warning.
 
 Step k's global batch (which videos, which frame pairs, every view's randomness) is a pure
 function of (seed, k, sample index): a resumed run repeats an uninterrupted one exactly
@@ -22,6 +23,7 @@ from tqdm import tqdm
 
 from .checkpoint import backbone_checkpoint, write_checkpoint
 from .distributed import mean_over_ranks, rank_world, sync_batchnorm
+from .health import EmbeddingBuffer, collapse_warning, projection_std
 from .optim import LARS, ema_momentum, warmup_cosine
 
 STATE_NAME = "pretrain_state.pth"
@@ -110,6 +112,43 @@ def _autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
+def grad_norm(params) -> float:
+    """L2 norm of all gradients together (after DDP's all-reduce: the same on every rank)."""
+    norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
+class Health:
+    """Per-step health values from what the method observed (``Method.observe``), RankMe
+    every `every` steps over the last embeddings, and a collapse warning (logged once)."""
+
+    def __init__(self, every: int, seed: int, log):
+        self.every, self.log = every, log
+        self.buffer = EmbeddingBuffer(seed=seed)
+        self.warned = False
+        self.last_rank: float | None = None
+
+    def values(self, observed: dict, step: int, last: bool) -> dict[str, float]:
+        out = {}
+        z = observed.get("projections")
+        if z is not None:
+            out["proj_std"] = float(mean_over_ranks(torch.tensor(projection_std(z))))
+        for name, value in observed.items():
+            if name not in ("projections", "embeddings"):
+                out[name] = float(mean_over_ranks(value.float()))
+        if observed.get("embeddings") is not None:
+            self.buffer.add(observed["embeddings"])
+            if self.every and ((step + 1) % self.every == 0 or last):
+                out["rankme"] = self.last_rank = self.buffer.rankme()
+                if z is not None and not self.warned:
+                    warning = collapse_warning(out["proj_std"], z.shape[1], out["rankme"])
+                    if warning:
+                        self.warned = True
+                        out["collapse_warning"] = 1.0
+                        self.log(f"WARNING step {step + 1}: {warning}")
+        return out
+
+
 def export_backbone(method, path, *, schedule, steps_done: int, pairs, config) -> Path:
     return write_checkpoint(backbone_checkpoint(
         arch=method.encoder.arch, state_dict=method.backbone_state_dict(),
@@ -122,10 +161,12 @@ def export_backbone(method, path, *, schedule, steps_done: int, pairs, config) -
 def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu",
              estimator=None, config: dict | None = None, stop_after: int | None = None,
              workers: int = 0, sync_bn: bool = False, progress: bool = True,
-             log=print) -> list[dict]:
+             log=print, health_every: int = 10, on_export=None) -> list[dict]:
     """Train `method` on `pairs` (a FramePairs); resumes from ``out_dir/pretrain_state.pth``.
-    Under torchrun every process calls this; rank 0 writes. Returns the loss curve (mean
-    over processes); writes ``out_dir/backbone.pth`` when the schedule is done."""
+    Under torchrun every process calls this; rank 0 writes. Returns the curve (loss terms
+    and health, mean over processes; RankMe every `health_every` steps); writes
+    ``out_dir/backbone.pth`` when the schedule is done. ``on_export(path, step)`` is called
+    (rank 0) after each periodic export, e.g. to evaluate it."""
     device = torch.device(device)
     rank, world = rank_world()
     out_dir = Path(out_dir)
@@ -154,6 +195,7 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
         multiprocessing_context="spawn" if workers else None)
     bar = tqdm(total=end - start, desc=f"pretrain {method.name}",
                disable=not progress or rank != 0)
+    health = Health(health_every, schedule.seed, tqdm.write if progress and rank == 0 else log)
     t0 = time.perf_counter()
     for step, batch in zip(range(start, end), loader):
         lr = warmup_cosine(step, schedule.steps, base=schedule.lr, warmup=schedule.warmup_steps)
@@ -169,28 +211,40 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
                  for k, v in views.items()}
         with _autocast(device):
             parts = model(views)
+        observed = method.pop_observed()
         loss = sum(parts.values()).float()
         if not torch.isfinite(mean_over_ranks(loss)):
             raise FloatingPointError(f"pretraining loss is not finite at step {step}; the "
                                      f"last good state is {state_path}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        norm = grad_norm(params)
         optimizer.step()
         tau = ema_momentum(step, schedule.steps, base=schedule.ema_base)
         method.update_target(tau)
         record = {"step": step + 1, "loss": float(mean_over_ranks(loss)), "lr": lr, "tau": tau}
         record.update({k: float(mean_over_ranks(v.float())) for k, v in parts.items()})
+        record["grad_norm"] = norm
+        record.update(health.values(observed, step, last=step + 1 == end))
         curve.append(record)
         rate = (step + 1 - start) * schedule.batch_size / (time.perf_counter() - t0)
         record["pairs_per_s"] = rate
         bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", pairs_s=f"{rate:.1f}")
+        shown = {"loss": f"{record['loss']:.4f}"}
+        if "proj_std" in record:
+            shown["std"] = f"{record['proj_std']:.3f}"
+        if health.last_rank is not None:
+            shown["rank"] = f"{health.last_rank:.1f}"
+        bar.set_postfix(**shown, pairs_s=f"{rate:.1f}")
         if rank == 0 and ((step + 1) % schedule.checkpoint_every == 0 or step + 1 == end):
             write_checkpoint({"method": method.state_dict(), "optimizer": optimizer.state_dict(),
                               "step": step + 1, "curve": curve}, state_path)
         if rank == 0 and schedule.export_every and (step + 1) % schedule.export_every == 0:
-            export_backbone(method, out_dir / "exports" / f"backbone_step{step + 1:07d}.pth",
-                            schedule=schedule, steps_done=step + 1, pairs=pairs, config=config)
+            path = export_backbone(method, out_dir / "exports" / f"backbone_step{step + 1:07d}.pth",
+                                   schedule=schedule, steps_done=step + 1, pairs=pairs,
+                                   config=config)
+            if on_export is not None:
+                on_export(path, step + 1)
     bar.close()
     already_exported = start == schedule.steps and (out_dir / BACKBONE_NAME).is_file()
     if rank == 0 and len(curve) == schedule.steps and not already_exported:

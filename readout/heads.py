@@ -14,6 +14,17 @@ from .registry import Registry
 HEADS = Registry("head")
 register_head = HEADS.register
 get_head_class = HEADS.get_class
+RETRIEVAL_HEADS = Registry("retrieval head")  # nothing trains: a memory bank is filled
+register_retrieval_head = RETRIEVAL_HEADS.register
+
+
+def find_head_class(name: str) -> type:
+    """A trained head or a retrieval head by name; an unknown name lists both."""
+    for table in (HEADS, RETRIEVAL_HEADS):
+        if name in table:
+            return table[name]
+    raise KeyError(f"unknown head {name!r}; known heads: {', '.join(sorted(HEADS))}; "
+                   f"retrieval heads: {', '.join(sorted(RETRIEVAL_HEADS))}")
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
@@ -29,6 +40,11 @@ class ReadoutHead(nn.Module):
     uses_decoder = False  # read the PooDLe decoder's output ("sdm") when present
     aux_weight = 0.0
 
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        """Raise ValueError for option values the constructor would refuse (suites are
+        validated before any work starts)."""
+
 
 @register_head("deeplab_v1")
 class DeepLabV1Head(ReadoutHead):
@@ -38,15 +54,30 @@ class DeepLabV1Head(ReadoutHead):
 
     dilation = (False, True, True)
     uses_decoder = True
+    NORMS = ("none", "batchnorm")
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        if options.get("norm", "none") not in cls.NORMS:
+            raise ValueError(f"deeplab_v1 norm {options['norm']!r}: one of "
+                             f"{', '.join(cls.NORMS)}")
 
     def __init__(self, *, input_shape: dict[str, ShapeSpec], num_classes: int,
-                 in_feature: str = "res5"):
+                 in_feature: str = "res5", norm: str = "none"):
+        """``norm="batchnorm"``: a BatchNorm without affine parameters before the classifier
+        (MAE App. A.2 linear probing; DINOv2's linear segmentation ``BNHead``), so that the
+        probe does not depend on the feature magnitude, which differs by orders of
+        magnitude between methods; "none" is FlowE's header."""
         super().__init__()
+        self.check_options({"norm": norm})
         self.in_feature = in_feature
-        self.classifier = nn.Conv2d(input_shape[in_feature].channels, num_classes, 1)
+        channels = input_shape[in_feature].channels
+        self.norm = nn.BatchNorm2d(channels, affine=False) if norm == "batchnorm" else None
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, features):
-        return {"out": self.classifier(features[self.in_feature])}
+        x = features[self.in_feature]
+        return {"out": self.classifier(x if self.norm is None else self.norm(x))}
 
 
 @register_head("deeplab_v3")

@@ -7,7 +7,8 @@ from torch import nn
 
 from .backbone import build_backbone, load_state_dict_exact
 from .decoder import SpatialDecoder
-from .heads import get_head_class
+from . import knn  # noqa: F401  (registers the retrieval heads)
+from .heads import find_head_class
 from .runtime import autocast
 from .transforms import IGNORE_INDEX, train_transform
 
@@ -20,6 +21,8 @@ class SegmentationReadout(nn.Module):
         self.train_backbone = train_backbone
 
     def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        # channels-last convolutions: ~25 % faster on CPU (oneDNN) and on GPU tensor cores
+        images = images.contiguous(memory_format=torch.channels_last)
         with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
             feats = self.backbone(images)
             if self.decoder is not None:
@@ -76,13 +79,14 @@ class SegmentationReadout(nn.Module):
 
 
 def build_segmentation_model(checkpoint: dict, head: str, num_classes: int, *,
-                             finetune: bool = False, log=print) -> SegmentationReadout:
+                             finetune: bool = False, log=print,
+                             head_kwargs: dict | None = None) -> SegmentationReadout:
     """Build the readout of `head` on the checkpoint's backbone (frozen unless finetune).
 
     A PooDLe decoder in the checkpoint is kept for heads that read a stride-8 feature
     (the linear DeepLab v1 readout, PooDLe Sec. 4.1): the trunk is then left undilated.
     """
-    head_cls = get_head_class(head)
+    head_cls = find_head_class(head)
     decoder_entry = checkpoint.get("decoder")
     use_decoder = bool(decoder_entry) and head_cls.uses_decoder
     dilation = (False, False, False) if use_decoder else head_cls.dilation
@@ -100,7 +104,8 @@ def build_segmentation_model(checkpoint: dict, head: str, num_classes: int, *,
         shapes["sdm"] = decoder.output_shape(shapes)
         kwargs["in_feature"] = "sdm"
         log("keeping the checkpoint's spatial decoder for this readout (PooDLe Sec. 4.1)")
-    head_module = head_cls(input_shape=shapes, num_classes=num_classes, **kwargs)
-    model = SegmentationReadout(backbone=backbone, head=head_module, decoder=decoder,
-                                train_backbone=finetune)
+    head_module = head_cls(input_shape=shapes, num_classes=num_classes, **kwargs,
+                           **(head_kwargs or {}))
+    model = SegmentationReadout(backbone=backbone.to(memory_format=torch.channels_last),
+                                head=head_module, decoder=decoder, train_backbone=finetune)
     return model.train(False)

@@ -1,14 +1,14 @@
 """`bench demo`: the README's first command, on the embedded synthetic world.
 
-It generates the world, checks every loader on it, computes the class statistics,
-pretrains Scratch / BYOL (crop w/ video) / FlowE / PooDLe with their smoke presets, runs
-the synthetic linear suite on each checkpoint, logs everything to MLflow and writes the
-leaderboard. Every step is the same `bench` command a user would type (called in-process),
-so the demo cannot drift from the CLI. Everything it produces is tagged synthetic.
+It generates the world, checks every loader on it, computes the class statistics, then
+runs the `tiny` learning study on it (`bench study`: Scratch, Supervised and every method
+with its smoke preset, the synthetic readouts of each checkpoint, MLflow, the study's
+leaderboard) and writes the MLflow leaderboard of the linear suite. The study is the same
+code `bench study` runs, so the demo cannot drift from it. Everything it produces is tagged
+synthetic.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from ..cli import UserError
 from .data import check_dataset
 
 SEG_DATASETS = ("cityscapes", "bdd100k", "ade20k")
-DEMO_METHODS = ("byol_video", "flowe", "poodle")  # + scratch
+DEMO_STUDY = "tiny"
 DEMO_SUITE = "cityscapes_linear"
 
 
@@ -34,22 +34,6 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-def _ensure_world(data: Path, preset: str, seed: int) -> dict:
-    """Generate the world unless `data` already holds the same preset and seed."""
-    from ..synth.export import MANIFEST, write_world
-    manifest_path = data / MANIFEST
-    if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        if (old.get("preset"), old.get("seed")) == (preset, seed) and old.get("videos"):
-            print(f"[demo] reusing synthetic world in {data}")
-            return old
-        raise UserError(f"{data} holds a different synthetic world "
-                        f"(preset={old.get('preset')}, seed={old.get('seed')}); "
-                        f"pick another --out or delete it")
-    print(f"[demo] generating the {preset} synthetic world in {data} ...")
-    return write_world(data, preset=preset, seed=seed)
-
-
 def _bench(*argv) -> None:
     """One step of the demo: the `bench` command itself, in this process."""
     from ..cli import main
@@ -59,36 +43,24 @@ def _bench(*argv) -> None:
 
 
 def cmd_demo(args) -> int:
-    import os
-    from ..tracking import sqlite_uri
+    from ..study import Study, load_study
     t0 = time.perf_counter()
     out = Path(args.out)
-    data = out / "data"
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(
-        out / "mlruns")
-    _ensure_world(data, args.preset, args.seed)
-    _check_and_describe(out, data)
-    ckpts = out / "checkpoints"
-    if not (ckpts / "scratch.pth").is_file():  # a new file would be a new checkpoint (sha)
-        _bench("checkpoint", "scratch", "--arch", "resnet18", "--seed", str(args.seed),
-               "--out", str(ckpts / "scratch.pth"))
-    checkpoints = [ckpts / "scratch.pth"]
-    for method in DEMO_METHODS:
-        _bench("pretrain", "--method", method, "--preset", "smoke", "--videos",
-               str(data / "bdd100k" / "videos" / "train"), "--out", str(out / "pretrain" / method),
-               "--seed", str(args.seed), "--no-progress", "--tracking-uri", uri)
-        checkpoints.append(out / "pretrain" / method / "backbone.pth")
-    for ckpt in checkpoints:
-        _bench("run", "--suite", DEMO_SUITE, "--checkpoint", str(ckpt), "--data-root",
-               str(data), "--scale", "smoke", "--device", "cpu", "--out", str(out / "runs"),
-               "--tracking-uri", uri)
-    _bench("leaderboard", "--suite", DEMO_SUITE, "--synthetic", "--tracking-uri", uri)
-    _bench("leaderboard", "--suite", DEMO_SUITE, "--synthetic", "--tracking-uri", uri,
+    spec = load_study(DEMO_STUDY)
+    spec["world"] = dict(spec["world"], preset=args.preset, seed=args.seed,
+                         parts=["cityscapes", "bdd100k", "videos", "ade20k"])
+    study = Study(spec, out, tracking_uri=args.tracking_uri, device="cpu", progress=False)
+    study.command = f"bench demo --preset {args.preset} --out {args.out}"
+    study.ensure_world()
+    _check_and_describe(out, study.data)
+    study.run()
+    _bench("leaderboard", "--suite", DEMO_SUITE, "--synthetic", "--tracking-uri", study.uri,
            "--out", str(out / "leaderboard.csv"))
     print(f"[demo] done in {time.perf_counter() - t0:.1f} s. Everything here is SYNTHETIC: "
           f"smoke-scale pretraining and readouts on a procedural world, not Cityscapes.")
-    print(f"[demo] leaderboard: {out / 'leaderboard.csv'}\n"
-          f"[demo] open the MLflow UI:  bench ui --tracking-uri {uri}")
+    print(f"[demo] leaderboards: {out / 'summary' / 'leaderboard.csv'} (mean ± std per "
+          f"method), {out / 'leaderboard.csv'} (MLflow, per checkpoint)\n"
+          f"[demo] open the MLflow UI:  bench ui --tracking-uri {study.uri}")
     return 0
 
 

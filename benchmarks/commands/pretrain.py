@@ -19,12 +19,24 @@ def register(sub) -> None:
     add_arguments(p)
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)")
+    p.add_argument("--eval-every", type=int, default=None, metavar="N",
+                   help="export every N steps and run the training-free kNN readout "
+                        "(--eval-suite) on each export: a quality curve during pretraining, "
+                        "in <out>/eval_curve.json and the MLflow run")
+    p.add_argument("--eval-suite", default="cityscapes_knn",
+                   help="a retrieval suite for --eval-every (default cityscapes_knn)")
+    p.add_argument("--eval-scale", default=None, help="the eval suite's scale (e.g. smoke)")
+    p.add_argument("--eval-data-root", default=None,
+                   help="datasets for --eval-every (default: $BENCH_DATA)")
     p.set_defaults(func=cmd_pretrain)
 
 
 def cmd_pretrain(args) -> int:
     t0 = time.perf_counter()
-    code = run(args)
+    on_export = None
+    if args.eval_every is not None:
+        on_export = export_evaluator(args)
+    code = run(args, on_export=on_export)
     if code or int(os.environ.get("RANK", "0")) != 0:
         return code
     record = write_record(Path(args.out), method=args.method, preset=args.preset,
@@ -33,6 +45,53 @@ def cmd_pretrain(args) -> int:
         from ..tracking import PRETRAIN_RECORD, push_record
         push_record(Path(args.out) / PRETRAIN_RECORD, uri=args.tracking_uri)
     return 0
+
+
+EVAL_METRICS = ("mIoU", "Acc", "mIoU_small", "mIoU_large", "mIoU_rare", "mIoU_common")
+
+
+def export_evaluator(args):
+    """Validate the --eval-* options before any work and return ``on_export(path, step)``:
+    the kNN readout of each periodic export, appended to ``<out>/eval_curve.json``."""
+    from readout.datasets import build_dataset
+    from readout.datasets.base import data_root
+    from ..cli import UserError
+    from ..suite import resolve_suite
+    if args.eval_every < 1:
+        raise UserError(f"--eval-every {args.eval_every}: a number of steps >= 1")
+    resolved = resolve_suite(args.eval_suite, scale=args.eval_scale)
+    if resolved["task"] != "retrieval_segmentation":
+        raise UserError(f"--eval-suite {args.eval_suite} trains a head; use a kNN suite "
+                        f"(cityscapes_knn, bdd_knn, ade20k_knn): it trains nothing")
+    root = data_root(args.eval_data_root)
+    for split in resolved["splits"].values():  # the layout is checked before any work
+        build_dataset(resolved["dataset"], root, split)
+    if not any(o.startswith("schedule.export_every=") for o in args.overrides):
+        args.overrides = [*args.overrides, f"schedule.export_every={args.eval_every}"]
+    out = Path(args.out)
+
+    def on_export(path: Path, step: int) -> None:
+        from ..runner import run_or_reuse
+        record = run_or_reuse(resolved, path, seed=0, out_dir=out / "evals",
+                              data_root_dir=root, device=_device(),
+                              progress=False, log=lambda *_: None)
+        from ..tracking import EVAL_CURVE
+        curve_path = out / EVAL_CURVE
+        curve = json.loads(curve_path.read_text()) if curve_path.is_file() else []
+        curve = [c for c in curve if c["step"] != step]
+        curve.append({"step": step, "suite": resolved["name"],
+                      **{k: record["metrics"][k] for k in EVAL_METRICS
+                         if k in record["metrics"]}})
+        curve_path.write_text(json.dumps(sorted(curve, key=lambda c: c["step"]), indent=1))
+        print(f"[eval] step {step}: {resolved['name']} mIoU {record['metrics']['mIoU']:.2f} "
+              f"({'SYNTHETIC' if record['synthetic'] else record['dataset']})")
+
+    return on_export
+
+
+def _device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def write_record(out: Path, *, method: str, preset: str, videos, seconds: float) -> dict | None:

@@ -65,6 +65,11 @@ def cmd_list(args) -> int:
             length = f"{p['epochs']:g} ep"
             detail = (f"original size, flip={p['flip']}, lr x{p['gamma']:g} at epochs "
                       f"{p['lr_steps']}")
+        elif s["task"] == "retrieval_segmentation":
+            print(f"{name:<24}{s['dataset']:<13}{s['head']:<17}{'-':>9}{'-':>6}{'-':>7}  "
+                  f"k={p['k']}, T={p['temperature']:g}, memory {p['memory_size']:,} cells "
+                  f"over {p['augment_epochs']} pass(es), crop {p['crop']} (trains nothing)")
+            continue
         else:
             length = f"{p['iterations']} it"
             resize = p["resize"]

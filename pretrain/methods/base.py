@@ -1,7 +1,9 @@
 """The small base every method shares: online encoder + projector + predictor, momentum
 targets (EMA copies of the encoder, the projector and whatever a method adds with
 ``add_target``), the EMA update, and the backbone export. A method adds how it makes views
-from a frame pair and its loss."""
+from a frame pair and its loss terms; what it passes to ``observe`` (projections,
+embeddings, mask fractions) is the run's health, logged beside the loss and never added
+to it."""
 from __future__ import annotations
 
 import copy
@@ -29,6 +31,7 @@ class Method(nn.Module):
         self.projector = mlp(channels, hidden, out_dim, dense=self.dense)
         self.predictor = mlp(out_dim, hidden, out_dim, dense=self.dense)
         self.target_names: list[str] = []
+        self._observed: dict = {}
         self.add_target("encoder")
         self.add_target("projector")
 
@@ -59,7 +62,22 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def forward(self, views: dict) -> dict[str, torch.Tensor]:
+        self._observed = {}
         return self.losses(views)  # DistributedDataParallel calls forward
+
+    def observe(self, *, projections: torch.Tensor | None = None,
+                embeddings: torch.Tensor | None = None, **scalars: torch.Tensor) -> None:
+        """Health inputs of this step (detached; never part of the loss): online projections
+        and backbone embeddings, [N, D] or dense [N, D, H, W], and scalars such as
+        ``mask_kept``, the fraction of pixels the occlusion / in-view mask keeps."""
+        for name, value in (("projections", projections), ("embeddings", embeddings),
+                            *scalars.items()):
+            if value is not None:
+                self._observed[name] = value.detach()
+
+    def pop_observed(self) -> dict[str, torch.Tensor]:
+        observed, self._observed = self._observed, {}
+        return observed
 
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
         return self.encoder.backbone_state_dict()

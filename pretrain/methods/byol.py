@@ -32,18 +32,23 @@ class BYOL(Method):
                 views["view" + key].append(photometric(v, rng, **VIEW_COLOUR[key]))
         return {k: torch.stack(v) for k, v in views.items()}
 
-    def _embed(self, x, online: bool):
-        enc, proj = ((self.encoder, self.projector) if online
-                     else (self.target_encoder, self.target_projector))
-        z = proj(enc(x)["res5"].mean(dim=(2, 3)))
-        return self.predictor(z) if online else z.detach()
+    def _online(self, x):
+        """Pooled res5 embedding h, projection z and prediction q(z) of the online network."""
+        h = self.encoder(x)["res5"].mean(dim=(2, 3))
+        z = self.projector(h)
+        return h, z, self.predictor(z)
+
+    def _target(self, x):
+        return self.target_projector(self.target_encoder(x)["res5"].mean(dim=(2, 3))).detach()
 
     def losses(self, views: dict) -> dict[str, torch.Tensor]:
         v1, v2 = views["view1"], views["view2"]
         with torch.no_grad():
-            t1, t2 = self._embed(v1, False), self._embed(v2, False)
-        loss = byol_loss(self._embed(v1, True), t2) + byol_loss(self._embed(v2, True), t1)
-        return {"loss_byol": loss}
+            t1, t2 = self._target(v1), self._target(v2)
+        h1, z1, q1 = self._online(v1)
+        q2 = self._online(v2)[2]
+        self.observe(projections=z1, embeddings=h1)
+        return {"loss_byol": byol_loss(q1, t2) + byol_loss(q2, t1)}
 
 
 @register_method("byol_crop")

@@ -130,9 +130,12 @@ class PooDLe(Method):
         views.update(self._subcrops(frames1, frames2, views, flow_bwd, rngs))
         return views
 
-    def _dense(self, x, online: bool):
+    def _dense(self, x, online: bool, observe: bool = False):
         if online:
-            z = self.projector(self.decoder(self.encoder(x)))
+            features = self.encoder(x)
+            z = self.projector(self.decoder(features))
+            if observe:
+                self.observe(projections=z, embeddings=features["res5"])
             return upsampled(self.predictor(z), x.shape[-2:])
         z = self.target_projector(self.target_decoder(self.target_encoder(x)))
         return upsampled(z.detach(), x.shape[-2:])
@@ -144,7 +147,10 @@ class PooDLe(Method):
 
     def losses(self, views: dict) -> dict[str, torch.Tensor]:
         v1, v2 = views["view1"], views["view2"]
-        dense = (dense_equivariance_loss(self._dense(v1, True), self._dense(v2, False),
+        kept = (views["valid12"].float().mean() + views["valid21"].float().mean()) / 2
+        self.observe(mask_kept=kept)
+        dense = (dense_equivariance_loss(self._dense(v1, True, observe=True),
+                                         self._dense(v2, False),
                                          views["flow12"], views["valid12"])
                  + dense_equivariance_loss(self._dense(v2, True), self._dense(v1, False),
                                            views["flow21"], views["valid21"]))

@@ -69,8 +69,11 @@ def test_unknown_dataset_choice_is_rejected(capsys):
 
 
 @pytest.mark.slow
-def test_console_script_demo_end_to_end(tmp_path):
-    """The installed `bench` entry point, as the README runs it (tiny preset here)."""
+def test_console_script_demo_end_to_end_and_the_tiny_study_is_then_a_no_op(tmp_path, capsys):
+    """The installed `bench` entry point, as the README runs it (tiny world here): loader
+    checks, class statistics and the `tiny` learning study (every method, Scratch and
+    Supervised, each read out on three suites). `bench study --preset tiny` on the same
+    folder afterwards is the same study: it must train and log nothing."""
     exe = shutil.which("bench") or str(__import__("pathlib").Path(sys.executable).with_name(
         "bench"))
     run = subprocess.run([exe, "demo", "--preset", "tiny", "--out", str(tmp_path)],
@@ -78,16 +81,25 @@ def test_console_script_demo_end_to_end(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "SYNTHETIC" in run.stdout
     assert (tmp_path / "stats" / "bdd100k_synthetic_train.csv").is_file()
-    board = (tmp_path / "leaderboard.csv").read_text()
+    labels = sorted(["BYOL", "BYOL (crop)", "BYOL (crop w/ video)", "FlowE", "PooDLe",
+                     "Scratch", "Supervised (world labels)"])
+    board = (tmp_path / "leaderboard.csv").read_text()  # MLflow, one row per checkpoint
     rows = list(csv.DictReader(io.StringIO(board)))
-    assert sorted(r["method"] for r in rows) == ["BYOL (crop w/ video)", "FlowE", "PooDLe",
-                                                 "Scratch"]
+    assert sorted(r["method"] for r in rows) == labels
     assert all(r["source"] == "ours (SYNTHETIC world)" and float(r["mIoU"]) >= 0 for r in rows)
-    assert run.stdout.count("[mlflow] logged") == 7  # 3 pretraining + 4 readout runs
+    study = list(csv.DictReader((tmp_path / "summary" / "leaderboard.csv").open()))
+    assert len(study) == 3 * 7 and {r["seeds"] for r in study} == {"1"}
+    assert sorted({r["method"] for r in study}) == labels
+    assert {r["suite"] for r in study} == {"cityscapes_linear", "bdd_linear", "cityscapes_knn"}
+    assert (tmp_path / "summary" / "leaderboard.png").is_file()
+    health = list(csv.DictReader((tmp_path / "summary" / "pretrain_health.csv").open()))
+    assert {r["method"] for r in health} >= {"flowe", "poodle"}
+    assert all(float(r["rankme"]) >= 1 for r in health if r["method"] != "supervised")
+    assert run.stdout.count("[mlflow] logged") == 6 + 21  # 6 pretraining + 21 readout runs
     assert (tmp_path / "mlruns" / "mlflow.db").is_file()
-    again = subprocess.run([exe, "demo", "--preset", "tiny", "--out", str(tmp_path)],
-                           capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "reusing" in again.stdout, again.stderr
-    # a second demo trains and logs nothing new: same checkpoints, readouts skipped
-    assert again.stdout.count("[skip]") == 4 and "[mlflow] logged" not in again.stdout
+    capsys.readouterr()
+    assert main(["study", "--preset", "tiny", "--out", str(tmp_path), "--no-progress"]) == 0
+    again = capsys.readouterr().out
+    assert "reusing" in again and "[mlflow] logged" not in again and "$ bench" not in again
+    assert again.count("is already finished") == 21 and again.count("is pretrained") == 6
     assert (tmp_path / "leaderboard.csv").read_text() == board

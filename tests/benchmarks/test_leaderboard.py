@@ -35,7 +35,8 @@ def test_leaderboard_published_cells_equal_results_csv(suite):
         method = row.method.split(" [")[0]  # ablation rows carry their note in brackets
         got += [(paper, table, method, row.arch, m, c.text) for m, c in row.cells.items()]
     assert sorted(got) == expected
-    assert expected or suite.startswith("ade20k_upernet")  # every other suite has paper rows
+    # every other suite has paper rows; none of the four papers reports a kNN readout
+    assert expected or suite.startswith("ade20k_upernet") or suite.endswith("_knn")
 
 
 def test_published_leaderboard_csv_and_chart(tmp_path, capsys):

@@ -7,7 +7,7 @@ import yaml
 from benchmarks.suite import (TASKS, SuiteError, load_suite, resolve_suite, suite_hash,
                               suite_names, validate_suite)
 from readout.detection import DETECTORS
-from readout.heads import HEADS
+from readout.heads import HEADS, RETRIEVAL_HEADS
 
 EXPECTED = {"cityscapes_linear", "cityscapes_deeplabv3", "cityscapes_upernet", "bdd_linear",
             "bdd_deeplabv3", "bdd_upernet", "ade20k_linear", "ade20k_upernet",
@@ -24,7 +24,7 @@ def test_suite_is_valid_and_cites_every_number(name):
     assert suite["name"] == name
     assert all(suite["source"][k].strip() for k in TASKS[suite["task"]].cited)
     smoke = resolve_suite(name, scale="smoke")
-    assert smoke["scale"] == "smoke" and smoke["protocol"]["batch_size"] <= 2
+    assert smoke["scale"] == "smoke" and smoke["protocol"].get("batch_size", 0) <= 2
     assert smoke["protocol"].get("iterations", 0) < 10 and smoke["protocol"].get("epochs", 0) <= 1
 
 
@@ -66,7 +66,31 @@ def test_detection_suites_refuse_segmentation_keys():
 
 
 def test_every_registered_head_has_a_suite():
-    assert {load_suite(n)["head"] for n in suite_names()} >= set(HEADS) | set(DETECTORS)
+    assert {load_suite(n)["head"] for n in suite_names()} >= (
+        set(HEADS) | set(DETECTORS) | set(RETRIEVAL_HEADS))
+
+
+def test_knn_suites_cite_hummingbird_and_refuse_training_keys():
+    for name in ("cityscapes_knn", "bdd_knn", "ade20k_knn"):
+        p = load_suite(name)["protocol"]
+        assert (p["k"], p["temperature"]) == (30, 0.02)
+        assert "Hummingbird" in load_suite(name)["source"]["k"]
+    with pytest.raises(SuiteError, match="valid keys"):
+        resolve_suite("cityscapes_knn", overrides=["protocol.iterations=5"])
+    with pytest.raises(SuiteError, match="temperature: must be > 0"):
+        resolve_suite("cityscapes_knn", overrides=["protocol.temperature=0"])
+    with pytest.raises(SuiteError, match="frozen backbone only"):
+        resolve_suite("cityscapes_knn", overrides=["finetune=true"])
+
+
+def test_head_options_are_checked_against_the_head():
+    r = resolve_suite("bdd_linear", overrides=["head_options.norm=batchnorm"])
+    assert r["head_options"] == {"norm": "batchnorm"}
+    assert suite_hash(r) != suite_hash(resolve_suite("bdd_linear"))
+    with pytest.raises(SuiteError, match="unknown key.*colour.*valid keys: \\['norm'\\]"):
+        resolve_suite("bdd_linear", overrides=["head_options.colour=1"])
+    with pytest.raises(SuiteError, match="head_options: deeplab_v1 norm 'layer'"):
+        resolve_suite("bdd_linear", overrides=["head_options.norm=layer"])
 
 
 def test_unknown_keys_fail():

@@ -220,3 +220,25 @@ def test_ui_command(tmp_path, capsys):
     assert "mlflow server" in out and "--port 5123" in out and "127.0.0.1" in out
     assert main(["ui", "--tracking-uri", "http://127.0.0.1:5999"]) == 0
     assert "server already" in capsys.readouterr().out
+
+
+def test_eval_every_draws_a_knn_curve_logged_to_the_pretraining_run(tiny_root, tmp_path,
+                                                                     capsys):
+    uri = sqlite_uri(tmp_path / "store")
+    out = tmp_path / "byol"
+    argv = ["pretrain", "--method", "byol", "--preset", "smoke", "--videos",
+            str(tiny_root / "bdd100k" / "videos" / "train"), "--out", str(out), "--no-progress",
+            "--tracking-uri", uri, "--eval-scale", "smoke", "--eval-data-root", str(tiny_root),
+            "schedule.steps=2"]
+    assert main(argv + ["--eval-every", "1", "--eval-suite", "cityscapes_linear"]) == 2
+    assert "use a kNN suite" in capsys.readouterr().err and not out.exists()  # before any work
+    assert main(argv + ["--eval-every", "1"]) == 0
+    assert "[eval] step 1: cityscapes_knn mIoU" in capsys.readouterr().out
+    curve = json.loads((out / "eval_curve.json").read_text())
+    assert [c["step"] for c in curve] == [1, 2] and all(0 <= c["mIoU"] <= 100 for c in curve)
+    tracker = Tracker(uri)
+    (run,) = tracker._runs([tracker.experiment_id("pretrain [synthetic]")],
+                           bench_kind="pretrain")
+    history = tracker.client.get_metric_history(run.info.run_id, "eval/cityscapes_knn/mIoU")
+    assert sorted(m.step for m in history) == [1, 2]
+    assert {m.key for m in tracker.client.get_metric_history(run.info.run_id, "train/rankme")}

@@ -1,0 +1,484 @@
+"""The learning study (`bench study`): does each method learn, and do the papers' orderings
+hold, on the synthetic world?
+
+world -> pretraining of every method with the study's preset, plus Scratch (random init,
+the floor) and Supervised (the same backbone trained on the world's labels, the ceiling)
+-> frozen readouts -> one leaderboard with mean +- std over seeds (seed k = its own
+pretraining *and* its own readout), the class groups, a chart, the pretraining health and
+the expectations of the study checked against the numbers.
+
+Studies are YAML data (``benchmarks/studies/<name>.yaml``), validated strictly. Every step
+skips what is already finished: a pretraining run is keyed by the method's config, the
+world and the source of the method's module (so a change to one method reruns only that
+method), a readout by (checkpoint sha256, suite hash, seed) as every `bench run`. Records
+and MLflow runs are those of `bench pretrain` and `bench run`, all tagged synthetic.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+STUDY_DIR = Path(__file__).with_name("studies")
+BOUNDS = ("scratch", "supervised")
+METRICS = ("mIoU", "Acc", "mIoU_small", "mIoU_large", "mIoU_rare", "mIoU_common")
+SCHEMA = {"name": str, "description": str, "cited": str, "world": dict, "seeds": int,
+          "methods": list, "pretrain_preset": str, "pretrain_overrides": list,
+          "scratch": dict, "supervised": dict, "readouts": list, "expectations": list}
+REQUIRED = ("name", "description", "cited", "world", "seeds", "methods", "pretrain_preset",
+            "scratch", "supervised", "readouts")
+UNINFORMATIVE_BELOW = 1.0  # mIoU points: a comparison of two ~0 numbers says nothing
+EXPECTATION_KINDS = {
+    "beats": {"kind", "methods", "than", "metric", "suites", "by_std", "source"},
+    "best": {"kind", "method", "metric", "suites", "source"},
+    "at_least": {"kind", "methods", "than", "metric", "suites", "source"},
+}
+
+
+class StudyError(ValueError):
+    pass
+
+
+def study_names() -> list[str]:
+    return sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
+
+
+def load_study(name: str) -> dict:
+    path = STUDY_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise KeyError(f"unknown study preset {name!r}; known: {', '.join(study_names())}")
+    return validate_study(yaml.safe_load(path.read_text()), path.name)
+
+
+def validate_study(data: dict, where: str) -> dict:
+    from pretrain.config import known_methods, load_preset
+    from .suite import resolve_suite
+    if not isinstance(data, dict):
+        raise StudyError(f"{where}: a study is a mapping")
+    unknown = sorted(set(data) - set(SCHEMA))
+    missing = sorted(set(REQUIRED) - set(data))
+    if unknown or missing:
+        raise StudyError(f"{where}: unknown key(s) {unknown}, missing key(s) {missing}")
+    for key, value in data.items():
+        if not isinstance(value, SCHEMA[key]) or isinstance(value, bool):
+            raise StudyError(f"{where}.{key}: expected {SCHEMA[key].__name__}")
+    if data["seeds"] < 1:
+        raise StudyError(f"{where}.seeds: at least 1")
+    known = set(known_methods()) | set(BOUNDS)
+    bad = sorted(set(data["methods"]) - known)
+    if bad:
+        raise StudyError(f"{where}.methods: unknown {bad}; known: {', '.join(sorted(known))}")
+    for method in data["methods"]:
+        if method not in BOUNDS:
+            load_preset(method, data["pretrain_preset"])  # the preset exists and is valid
+    _check(data["world"], {"preset", "seed", "parts"}, f"{where}.world")
+    _check(data["scratch"], {"arch"}, f"{where}.scratch")
+    from .supervised import supervised_config
+    sup = data["supervised"]
+    _check(sup, {"arch", "datasets", "head", "protocol"}, f"{where}.supervised")
+    supervised_config(**sup)
+    for i, r in enumerate(data["readouts"]):
+        _check(r, {"suite", "scale"}, f"{where}.readouts[{i}]")
+        resolve_suite(r["suite"], scale=r["scale"])
+    for i, e in enumerate(data.get("expectations", [])):
+        if e.get("kind") not in EXPECTATION_KINDS:
+            raise StudyError(f"{where}.expectations[{i}].kind: one of "
+                             f"{', '.join(EXPECTATION_KINDS)}")
+        _check(e, EXPECTATION_KINDS[e["kind"]], f"{where}.expectations[{i}]")
+    return data
+
+
+def _check(d: dict, keys: set, where: str) -> None:
+    if not isinstance(d, dict) or set(d) != set(keys):
+        got = sorted(d) if isinstance(d, dict) else type(d).__name__
+        raise StudyError(f"{where}: expected keys {sorted(keys)}, got {got}")
+
+
+def key_of(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def source_fingerprint(*objects) -> str:
+    """sha256 of the source files that define `objects` and their base classes (project
+    modules only): a change to a method's file changes its key."""
+    files = set()
+    for obj in objects:
+        for cls in getattr(obj, "__mro__", (obj,)):
+            module = sys.modules.get(getattr(cls, "__module__", ""))
+            if module and module.__name__.split(".")[0] in ("pretrain", "readout", "benchmarks"):
+                files.add(inspect.getsourcefile(module))
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Run:
+    """One pretrained (or bound) checkpoint of the study: method x seed."""
+    method: str
+    seed: int
+    folder: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder / "backbone.pth"
+
+
+class Study:
+    def __init__(self, spec: dict, out, *, seeds: int | None = None, methods=None,
+                 device: str | None = None, tracking_uri: str | None = None,
+                 progress: bool | None = None, world_preset: str | None = None, log=print):
+        import os
+        from .tracking import sqlite_uri
+        self.spec, self.out, self.log = spec, Path(out), log
+        self.seeds = seeds or spec["seeds"]
+        chosen = list(methods) if methods else list(spec["methods"])
+        unknown = sorted(set(chosen) - set(spec["methods"]))
+        if unknown:
+            raise StudyError(f"--methods {unknown} are not in study {spec['name']!r}: "
+                             f"{', '.join(spec['methods'])}")
+        self.methods = [m for m in spec["methods"] if m in chosen]
+        self.world = dict(spec["world"], **({"preset": world_preset} if world_preset else {}))
+        self.data = self.out / "data"
+        self.uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or sqlite_uri(
+            self.out / "mlruns")
+        self._device = device
+        self.command = ""  # the command line, recorded in the summary
+        self.progress = sys.stderr.isatty() if progress is None else progress
+
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            import torch
+            self._device = "cuda" if torch.cuda.is_available() else "cpu"
+        return self._device
+
+    # ---- steps -------------------------------------------------------------------------
+    def ensure_world(self) -> dict:
+        from .synth.export import MANIFEST, write_world
+        w = self.world
+        path = self.data / MANIFEST
+        if path.is_file():
+            old = json.loads(path.read_text())
+            if (old.get("preset"), old.get("seed")) == (w["preset"], w["seed"]):
+                self.log(f"[study] reusing the synthetic world in {self.data}")
+                return old
+            raise StudyError(f"{self.data} holds another synthetic world (preset "
+                             f"{old.get('preset')}, seed {old.get('seed')}); pick another "
+                             f"--out or delete it")
+        self.log(f"[study] generating the {w['preset']} synthetic world in {self.data} ...")
+        return write_world(self.data, preset=w["preset"], seed=w["seed"], parts=w["parts"],
+                           progress=self.progress)
+
+    def run_folder(self, method: str, seed: int) -> Path:
+        world = {"preset": self.world["preset"], "seed": self.world["seed"]}
+        if method == "scratch":
+            key = key_of({"scratch": self.spec["scratch"]})
+        elif method == "supervised":
+            from . import supervised
+            from readout import train as readout_train
+            key = key_of({"supervised": self.spec["supervised"], "world": world,
+                          "code": source_fingerprint(supervised, readout_train)})
+        else:
+            key = key_of({"method": method, "config": self.pretrain_config(method),
+                          "world": world, "code": source_fingerprint(self.method_class(method))})
+        return self.out / "pretrain" / method / key / f"seed{seed}"
+
+    @staticmethod
+    def method_class(method: str):
+        from pretrain.methods import get_method_class
+        return get_method_class(method)
+
+    def pretrain_config(self, method: str) -> dict:
+        from pretrain.config import apply_overrides, load_preset
+        return apply_overrides(load_preset(method, self.spec["pretrain_preset"]),
+                               self.spec.get("pretrain_overrides", []))
+
+    def pretrain(self, method: str, seed: int) -> Run:
+        from readout.backbone import save_checkpoint, scratch_checkpoint
+        from .tracking import PRETRAIN_RECORD, push_record
+        run = Run(method, seed, self.run_folder(method, seed))
+        record = run.folder / PRETRAIN_RECORD
+        if method == "scratch":
+            if not run.checkpoint.is_file():  # a new file would be a new checkpoint (sha)
+                save_checkpoint(scratch_checkpoint(self.spec["scratch"]["arch"], seed),
+                                run.checkpoint)
+                self.log(f"[study] scratch seed {seed}: {run.checkpoint}")
+            return run
+        if run.checkpoint.is_file() and record.is_file():
+            self.log(f"[skip] {method} seed {seed} is pretrained ({run.folder})")
+        elif method == "supervised":
+            from .commands.pretrain import write_record
+            from .supervised import supervised_config, train_supervised
+            t0 = time.perf_counter()
+            self.log(f"[study] supervised seed {seed} -> {run.folder}")
+            train_supervised(supervised_config(**self.spec["supervised"]),
+                             data_root=self.data, out_dir=run.folder, seed=seed,
+                             device=self.device, progress=self.progress, log=self.log)
+            write_record(run.folder, method="supervised", preset=self.spec["name"],
+                         videos=self.data, seconds=time.perf_counter() - t0)
+        else:
+            self._bench("pretrain", "--method", method, "--preset",
+                        self.spec["pretrain_preset"], "--videos", str(self.videos),
+                        "--out", str(run.folder), "--seed", str(seed),
+                        "--tracking-uri", self.uri,
+                        *([] if self.progress else ["--no-progress"]),
+                        *self.spec.get("pretrain_overrides", []))
+        if record.is_file():
+            push_record(record, uri=self.uri, log=self.log)
+        return run
+
+    @property
+    def videos(self) -> Path:
+        return self.data / "bdd100k" / "videos" / "train"
+
+    def _bench(self, *argv) -> None:
+        from .cli import UserError, main
+        self.log(f"[study] $ bench {' '.join(argv)}")
+        if main(list(argv)) != 0:
+            raise UserError(f"study step failed: bench {' '.join(argv)}")
+
+    def readouts(self, run: Run) -> list[dict]:
+        from .runner import RECORD_NAME, run_or_reuse
+        from .suite import resolve_suite
+        from .tracking import push_record
+        records = []
+        for spec in self.spec["readouts"]:
+            resolved = resolve_suite(spec["suite"], scale=spec["scale"])
+            record = run_or_reuse(resolved, run.checkpoint, seed=run.seed,
+                                  out_dir=self.out / "runs", data_root_dir=self.data,
+                                  device=self.device, progress=self.progress, log=self.log)
+            if record["status"] != "finished":
+                raise StudyError(f"readout {spec['suite']} of {run.checkpoint} did not finish")
+            push_record(Path(record["run_dir"]) / RECORD_NAME, uri=self.uri, log=self.log)
+            records.append(record)
+        return records
+
+    def run(self) -> dict:
+        """Every step not yet done, then the summary (leaderboard, health, expectations)."""
+        t0 = time.perf_counter()
+        self.ensure_world()
+        table = []
+        for seed in range(self.seeds):
+            for method in self.methods:
+                run = self.pretrain(method, seed)
+                for record in self.readouts(run):
+                    table.append({"method": method, "seed": seed, "suite": record["suite"],
+                                  "scale": record["scale"], "metrics": record["metrics"],
+                                  "readout_seconds": sum(record["seconds"].values()),
+                                  "run_dir": record["run_dir"]})
+        summary = self.summarise(table, time.perf_counter() - t0)
+        return summary
+
+    # ---- summary -----------------------------------------------------------------------
+    def summarise(self, table: list[dict], seconds: float) -> dict:
+        from pretrain.checkpoint import git_sha
+        board = leaderboard_rows(table, self.methods)
+        health = [self.health_row(m, s) for s in range(self.seeds) for m in self.methods
+                  if m != "scratch"]
+        checks = check_expectations(self.spec.get("expectations", []), board)
+        wall = self.record_wall_time(seconds)
+        summary = {"study": self.spec["name"], "synthetic": True, "git_sha": git_sha(),
+                   "command": self.command, "seeds": self.seeds, "methods": self.methods,
+                   "world": self.world, "wall_seconds": wall,
+                   "leaderboard": board, "health": health, "expectations": checks}
+        folder = self.out / "summary"
+        write_summary(summary, folder)
+        self.log(render_leaderboard(board, "text"))
+        for c in checks:
+            self.log(f"[expectation] {verdict(c):<13} {c['text']}")
+        self.log(f"[study] wall time of all invocations: {wall['total'] / 60:.1f} min; "
+                 f"summary in {folder} (SYNTHETIC world: not Cityscapes/BDD100K results)")
+        return summary
+
+    def health_row(self, method: str, seed: int) -> dict:
+        folder = self.run_folder(method, seed)
+        row = {"method": method, "seed": seed}
+        curve_path = folder / "curve.json"
+        record_path = folder / "pretrain_record.json"
+        if curve_path.is_file():
+            curve = json.loads(curve_path.read_text())
+            last = curve[-1]
+            row.update(steps=len(curve), loss_first=curve[0]["loss"], loss_last=last["loss"])
+            for key in ("proj_std", "mask_kept", "grad_norm"):
+                if key in last:
+                    row[key] = last[key]
+            ranks = [c["rankme"] for c in curve if "rankme" in c]
+            if ranks:
+                row["rankme"] = ranks[-1]
+            row["collapse_warning"] = any(c.get("collapse_warning") for c in curve)
+        if record_path.is_file():
+            record = json.loads(record_path.read_text())
+            row.update(seconds=record.get("seconds"), pairs_per_s=record.get("pairs_per_s"))
+        return row
+
+    def record_wall_time(self, seconds: float) -> dict:
+        """Wall time of this invocation, added to those of earlier ones (an interrupted
+        study continues, so its total is the sum)."""
+        path = self.out / "study_time.json"
+        data = json.loads(path.read_text()) if path.is_file() else {"invocations": []}
+        data["invocations"].append({"seconds": round(seconds, 1),
+                                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        data["total"] = round(sum(i["seconds"] for i in data["invocations"]), 1)
+        path.write_text(json.dumps(data, indent=1))
+        return data
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def leaderboard_rows(table: list[dict], methods: list[str]) -> list[dict]:
+    """Mean and sample std over seeds of each (method, suite)."""
+    rows = []
+    suites = list(dict.fromkeys((t["suite"], t["scale"]) for t in table))
+    for suite, scale in suites:
+        for method in methods:
+            runs = [t for t in table if (t["method"], t["suite"], t["scale"]) ==
+                    (method, suite, scale)]
+            if not runs:
+                continue
+            row = {"method": method, "suite": suite, "scale": scale, "seeds": len(runs)}
+            for metric in METRICS:
+                row[metric], row[f"{metric}_std"] = _mean_std(
+                    [r["metrics"].get(metric) for r in runs])
+            row["per_seed_mIoU"] = [r["metrics"].get("mIoU") for r in runs]
+            rows.append(row)
+    return rows
+
+
+def _cell(board, method, suite, metric):
+    for row in board:
+        if (row["method"], row["suite"]) == (method, suite):
+            return row[metric], row[f"{metric}_std"]
+    return None
+
+
+def check_expectations(expectations: list[dict], board: list[dict]) -> list[dict]:
+    """Each expectation of the study YAML, judged on the leaderboard, as data and a line.
+
+    - beats: mean(method) - mean(than) > by_std * pooled std (sqrt((s1^2 + s2^2) / 2));
+    - best: the method's mean is above every other method's mean;
+    - at_least: mean(method) >= mean(than).
+    """
+    present = list(dict.fromkeys(r["method"] for r in board))
+    ssl = [m for m in present if m not in BOUNDS]
+    out = []
+    for e in expectations:
+        metric = e["metric"]
+        for suite in e["suites"]:
+            if e["kind"] in ("beats", "at_least"):
+                methods = ssl if e["methods"] == ["ssl"] else e["methods"]
+                base = _cell(board, e["than"], suite, metric)
+                for m in methods:
+                    cell = _cell(board, m, suite, metric)
+                    if cell is None or base is None:
+                        continue
+                    diff = cell[0] - base[0]
+                    if e["kind"] == "beats":
+                        pooled = math.sqrt((_z(cell[1]) ** 2 + _z(base[1]) ** 2) / 2)
+                        met = diff > e["by_std"] * pooled
+                        text = (f"{suite} {metric}: {m} {cell[0]:.2f}±{_z(cell[1]):.2f} beats "
+                                f"{e['than']} {base[0]:.2f}±{_z(base[1]):.2f} by {diff:+.2f} "
+                                f"(needs > {e['by_std']} x pooled std {pooled:.2f})")
+                    else:
+                        met = diff >= 0
+                        text = (f"{suite} {metric}: {m} {cell[0]:.2f}±{_z(cell[1]):.2f} >= "
+                                f"{e['than']} {base[0]:.2f}±{_z(base[1]):.2f} ({diff:+.2f})")
+                    informative = max(abs(cell[0]), abs(base[0])) >= UNINFORMATIVE_BELOW
+                    if not informative:
+                        text += (f" - uninformative: both below {UNINFORMATIVE_BELOW:g}, the "
+                                 f"readout finds almost none of these classes")
+                    out.append({"kind": e["kind"], "suite": suite, "metric": metric,
+                                "method": m, "than": e["than"], "difference": diff,
+                                "met": bool(met), "informative": informative, "text": text,
+                                "source": e["source"]})
+            else:
+                cell = _cell(board, e["method"], suite, metric)
+                if cell is None:
+                    continue
+                others = [(m, _cell(board, m, suite, metric)) for m in present
+                          if m != e["method"] and _cell(board, m, suite, metric)]
+                runner_up = max(others, key=lambda x: x[1][0]) if others else None
+                met = all(cell[0] > o[1][0] for o in others)
+                text = (f"{suite} {metric}: {e['method']} {cell[0]:.2f} is the best"
+                        + (f" (next: {runner_up[0]} {runner_up[1][0]:.2f})" if runner_up else ""))
+                out.append({"kind": "best", "suite": suite, "metric": metric,
+                            "method": e["method"], "met": bool(met), "informative": True,
+                            "text": text, "source": e["source"]})
+    return out
+
+
+def verdict(check: dict) -> str:
+    if not check.get("informative", True):
+        return "UNINFORMATIVE"
+    return "MET" if check["met"] else "NOT MET"
+
+
+def _z(std: float) -> float:
+    return 0.0 if std is None or math.isnan(std) else std
+
+
+def label(method: str) -> str:
+    from .leaderboard import METHOD_LABELS
+    return METHOD_LABELS.get(method, method)
+
+
+def render_leaderboard(board: list[dict], fmt: str) -> str:
+    from .leaderboard import render
+    header = ["method", "suite", "seeds"]
+    for metric in METRICS:
+        header += [metric, f"{metric}_std"]
+    body = []
+    for row in board:
+        line = [label(row["method"]), row["suite"], str(row["seeds"])]
+        for metric in METRICS:
+            line += [_fmt(row[metric]), _fmt(row[f"{metric}_std"])]
+        body.append(line)
+    if fmt == "md":
+        header = ["method", "suite", "seeds"] + list(METRICS)
+        body = [[label(r["method"]), r["suite"], str(r["seeds"])]
+                + [f"{_fmt(r[m])} ± {_fmt(r[f'{m}_std'])}" for m in METRICS] for r in board]
+    return render(header, body, fmt)
+
+
+def _fmt(v) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
+def write_summary(summary: dict, folder: Path) -> None:
+    from . import plots
+    folder.mkdir(parents=True, exist_ok=True)
+    board = summary["leaderboard"]
+    (folder / "leaderboard.csv").write_text(render_leaderboard(board, "csv"))
+    (folder / "leaderboard.md").write_text(render_leaderboard(board, "md"))
+    if summary["health"]:
+        keys = list(dict.fromkeys(k for row in summary["health"] for k in row))
+        lines = [",".join(keys)] + [",".join(_csv(row.get(k)) for k in keys)
+                                    for row in summary["health"]]
+        (folder / "pretrain_health.csv").write_text("\n".join(lines) + "\n")
+    (folder / "study.json").write_text(json.dumps(summary, indent=1, default=str))
+    plots.study_chart(board, METRICS[:1] + METRICS[2:], [label(m) for m in summary["methods"]],
+                      summary["methods"], folder / "leaderboard.png",
+                      f"learning study '{summary['study']}' (SYNTHETIC world, "
+                      f"{summary['seeds']} seeds, mean ± std)")
+
+
+def _csv(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    return str(v)

@@ -1,0 +1,109 @@
+import copy
+import math
+
+import pytest
+
+from benchmarks.study import (Study, StudyError, check_expectations, leaderboard_rows,
+                              load_study, source_fingerprint, study_names, validate_study)
+from pretrain.config import apply_overrides, load_preset, resolve
+from pretrain.methods import METHODS, get_method_class
+
+
+@pytest.mark.parametrize("name", study_names())
+def test_every_study_preset_is_valid(name):
+    spec = load_study(name)
+    assert set(spec["methods"]) >= set(METHODS) | {"scratch", "supervised"}
+    assert spec["seeds"] >= 1 and spec["readouts"]
+
+
+def test_unknown_keys_and_methods_fail():
+    spec = load_study("tiny")
+    with pytest.raises(StudyError, match="unknown key.*colour"):
+        validate_study({**copy.deepcopy(spec), "colour": 1}, "x")
+    with pytest.raises(StudyError, match="unknown \\['simclr'\\]"):
+        validate_study({**copy.deepcopy(spec), "methods": ["simclr"]}, "x")
+    with pytest.raises(StudyError, match="not in study"):
+        Study(spec, "/nonexistent", methods=["dino"])
+
+
+def _table(values: dict) -> list[dict]:
+    return [{"method": m, "seed": s, "suite": "cityscapes_linear", "scale": "study_cpu",
+             "metrics": {"mIoU": v, "mIoU_small": v / 10}}
+            for m, vs in values.items() for s, v in enumerate(vs)]
+
+
+def test_leaderboard_is_mean_and_sample_std_over_seeds():
+    (row,) = leaderboard_rows(_table({"flowe": [10.0, 12.0, 14.0]}), ["flowe"])
+    assert (row["mIoU"], row["mIoU_std"], row["seeds"]) == (12.0, 2.0, 3)
+    assert math.isnan(row["Acc"])
+
+
+def test_expectations_are_judged_on_the_numbers():
+    board = leaderboard_rows(_table({"scratch": [10, 11, 12], "supervised": [30, 31, 32],
+                                     "byol": [11, 12, 13], "flowe": [20, 21, 22]}),
+                             ["scratch", "supervised", "byol", "flowe"])
+    checks = check_expectations([
+        {"kind": "beats", "methods": ["ssl"], "than": "scratch", "metric": "mIoU",
+         "suites": ["cityscapes_linear"], "by_std": 2, "source": "s"},
+        {"kind": "best", "method": "supervised", "metric": "mIoU",
+         "suites": ["cityscapes_linear"], "source": "s"},
+        {"kind": "at_least", "methods": ["flowe"], "than": "byol", "metric": "mIoU_small",
+         "suites": ["cityscapes_linear"], "source": "s"}], board)
+    met = {(c["kind"], c["method"]): c["met"] for c in checks}
+    assert met == {("beats", "byol"): False, ("beats", "flowe"): True,
+                   ("best", "supervised"): True, ("at_least", "flowe"): True}
+    beats_byol = next(c for c in checks if c["method"] == "byol")
+    assert beats_byol["difference"] == pytest.approx(1.0) and "needs > 2" in beats_byol["text"]
+    small = next(c for c in checks if c["kind"] == "at_least")  # 2.1 vs 1.2 mIoU_small
+    assert small["informative"]
+    tiny = leaderboard_rows(_table({"byol": [0.1, 0.2], "flowe": [0.0, 0.0]}), ["byol", "flowe"])
+    (check,) = check_expectations([
+        {"kind": "at_least", "methods": ["flowe"], "than": "byol", "metric": "mIoU",
+         "suites": ["cityscapes_linear"], "source": "s"}], tiny)
+    assert not check["met"] and not check["informative"] and "uninformative" in check["text"]
+
+
+def test_a_changed_method_config_changes_only_its_own_runs(tmp_path, monkeypatch):
+    study = Study(load_study("tiny"), tmp_path)
+    before = {m: study.run_folder(m, 0) for m in study.methods}
+    original = Study.pretrain_config
+
+    def changed(self, method):
+        config = original(self, method)
+        return apply_overrides(config, ["schedule.lr=0.2"]) if method == "flowe" else config
+
+    monkeypatch.setattr(Study, "pretrain_config", changed)
+    after = {m: study.run_folder(m, 0) for m in study.methods}
+    assert [m for m in before if before[m] != after[m]] == ["flowe"]
+    assert study.run_folder("flowe", 1).name == "seed1"
+
+
+def test_source_fingerprint_follows_the_method_module():
+    byol = source_fingerprint(get_method_class("byol"))
+    assert byol == source_fingerprint(get_method_class("byol_video"))  # one module
+    assert byol != source_fingerprint(get_method_class("flowe"))
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_gpu_study_preset_runs_at_tiny_size_on_cpu(name, tiny_root, tmp_path):
+    """The `gpu` preset cannot run here; its configs are checked by one step of each
+    method at tiny size (arch, views and batch shrunk, everything else as in the preset)."""
+    from pretrain.data.pairs import FramePairs
+    from pretrain.data.video import VideoSource
+    from pretrain.flow import get_estimator
+    from pretrain.train import PretrainSchedule, pretrain
+    spec = load_study("gpu")
+    config = load_preset(name, spec["pretrain_preset"])
+    assert config["model"]["arch"] == "resnet50"
+    small = ["model.arch=resnet18", "model.hidden=32", "model.out_dim=16",
+             "model.view_size=[32, 64]", "schedule.batch_size=2", "schedule.steps=1",
+             "data.repeats=1", "data.dt_frames=[1, 2]"]
+    if "subcrop_size" in config["model"]:
+        small.append("model.subcrop_size=[32, 32]")
+    resolved = resolve(name, apply_overrides(config, small), num_videos=3, seed=0)
+    method = get_method_class(name)(**resolved["model"])
+    source = VideoSource(tiny_root / "bdd100k" / "videos" / "train")
+    pairs = FramePairs(source, dt_frames=resolved["data"]["dt_frames"], repeats=1)
+    curve = pretrain(method, pairs, PretrainSchedule(**resolved["schedule"]), out_dir=tmp_path,
+                     estimator=get_estimator("gt"), progress=False, log=lambda *_: None)
+    assert len(curve) == 1 and math.isfinite(curve[0]["loss"])
