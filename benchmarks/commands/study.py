@@ -45,13 +45,13 @@ def cmd_study(args) -> int:
     from ..study import Study, load_study
     if args.seeds is not None and args.seeds < 1:
         raise UserError(f"--seeds {args.seeds}: at least 1")
+    if args.readme:
+        check_readme(Path(args.readme), args.export)
     study = Study(load_study(args.preset), args.out, seeds=args.seeds, methods=args.methods,
                   device=args.device, tracking_uri=args.tracking_uri,
                   progress=False if args.no_progress else None)
     study.command = command_line(args)
     study.run()
-    if args.readme and not args.export:
-        raise UserError("--readme needs --export (the README points at the exported files)")
     if args.export:
         export(Path(args.out) / "summary", Path(args.export))
         if args.readme:
@@ -78,14 +78,25 @@ def command_line(args) -> str:
 BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
 
 
+def check_readme(readme: Path, export_to: str | None) -> None:
+    """--readme is checked before the study runs, not after an hour of work."""
+    from ..cli import UserError
+    if not export_to:
+        raise UserError("--readme needs --export (the README points at the exported files)")
+    if not readme.is_file():
+        raise UserError(f"--readme {readme}: no such file")
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise UserError(f"{readme} has no {BEGIN} ... {END} block; add one where the "
+                        f"table should go")
+
+
 def write_readme_block(readme: Path, exported: Path) -> None:
     """The study's table, command, wall time and expectations, generated into `readme`
     between the study markers (never edited by hand)."""
     import json
-    from ..cli import UserError
+    check_readme(readme, exported.as_posix())
     text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise UserError(f"{readme} has no {BEGIN} ... {END} block")
     summary = json.loads((exported / "study.json").read_text())
     wall = summary["wall_seconds"]["total"]
     lines = [BEGIN,

@@ -103,3 +103,18 @@ def test_console_script_demo_end_to_end_and_the_tiny_study_is_then_a_no_op(tmp_p
     assert "reusing" in again and "[mlflow] logged" not in again and "$ bench" not in again
     assert again.count("is already finished") == 21 and again.count("is pretrained") == 6
     assert (tmp_path / "leaderboard.csv").read_text() == board
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--preset", "nope"], "unknown study preset 'nope'; known: cpu, gpu, tiny"),
+    (["--seeds", "0"], "--seeds 0: at least 1"),
+    (["--methods", "dino"], "are not in study 'tiny'"),
+    (["--readme", "README.md"], "--readme needs --export"),
+    (["--export", "x", "--readme", "nonexistent.md"], "no such file"),
+])
+def test_study_user_errors_exit_2_with_one_line_before_any_work(argv, says, tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(["study", "--out", str(out), "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and len(err.splitlines()) == 1
+    assert not out.exists()
