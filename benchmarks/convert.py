@@ -25,7 +25,8 @@ import torch
 
 from pretrain.checkpoint import atomic_path
 from readout.backbone import (FORMAT, CheckpointError, ResNetBackbone, guess_arch,
-                              load_state_dict_exact, read_checkpoint, save_checkpoint)
+                              load_state_dict_exact, load_torch_file, read_checkpoint,
+                              save_checkpoint)
 
 SKIPPED = ("num_batches_tracked",)  # BN counters: no counterpart in detectron2, not weights
 
@@ -136,7 +137,7 @@ def read_plain_pickle(path) -> object:
 
 
 def _wrap(state: dict[str, torch.Tensor], source: str, path, log) -> dict:
-    arch = guess_arch(state)
+    arch = guess_arch(state, path)
     backbone = ResNetBackbone(arch=arch)
     full = {**{k: v for k, v in backbone.state_dict().items() if k.endswith(SKIPPED)}, **state}
     load_state_dict_exact(backbone, full, f"{source} checkpoint {path}")
@@ -155,6 +156,13 @@ def import_detectron2(path, *, log=print) -> dict:
         raise CheckpointError(f"{path}: expected a dict with 'model' (detectron2 .pkl)")
     mapping = _map(model, lambda k: _rename(k, False), f"detectron2 import of {path}",
                    log)
+    odd = [src for src in mapping if not (isinstance(model[src], np.ndarray)
+                                          and model[src].dtype.kind in "fiu")]
+    if odd:
+        first = model[odd[0]]
+        kind = f"array of {first.dtype}" if isinstance(first, np.ndarray) else type(first).__name__
+        raise CheckpointError(f"{path}: {len(odd)} weights are not numeric arrays (first: "
+                              f"{odd[0]}, a {kind}); is this a detectron2 model .pkl?")
     state = {dst: torch.from_numpy(np.ascontiguousarray(model[src])) for src, dst in mapping.items()}
     return _wrap(state, "detectron2", path, log)
 
@@ -169,7 +177,7 @@ def import_torchvision(path, *, log=print) -> dict:
 
 
 def import_mmseg(path, *, log=print) -> dict:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_torch_file(path)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a state dict with backbone.* keys")

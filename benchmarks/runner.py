@@ -19,7 +19,7 @@ from readout.datasets import build_dataset
 from readout.datasets.base import data_root
 from readout.datasets.stats import class_statistics, read_stats_csv, write_stats_csv
 
-from pretrain.checkpoint import atomic_path, git_sha
+from pretrain.checkpoint import atomic_path, git_sha, remove_stale_temporaries
 
 from .suite import suite_hash
 
@@ -46,41 +46,33 @@ def finished_record(run_dir: Path) -> dict | None:
     return record if record.get("status") == "finished" else None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextmanager
 def record_lock(run_dir: Path):
-    """An exclusive lock file: a second process with the same key fails fast instead of
-    producing a second result. A lock left by a dead process on this host is taken over."""
+    """An exclusive lock on ``<run_dir>/.lock``: a second process with the same key fails
+    fast instead of producing a second result. ``flock`` makes taking it atomic, and the
+    kernel releases it when its holder exits or is killed, so a stale lock cannot exist.
+    The file stays (unlinking it would let two processes lock two different files); it
+    names the current holder for the message."""
+    import fcntl
     lock = Path(run_dir) / ".lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
-    me = f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            host, _, pid = lock.read_text().partition(" ")
-            if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
-                lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            raise RunLocked(f"{run_dir} is being run by process {pid} on {host} "
-                            f"(lock {lock}); wait for it, or delete the lock if that process "
-                            f"is gone") from None
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        break
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+        os.close(fd)
+        who = (f"process {holder[1]} on {holder[0]}" if len(holder) == 2
+               else "another process")
+        raise RunLocked(f"{run_dir} is being run by {who} (lock {lock}); wait for it to "
+                        f"finish") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{socket.gethostname()} {os.getpid()}".encode(), 0)
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        os.ftruncate(fd, 0)
+        os.close(fd)  # releases the flock
 
 
 def run_or_reuse(resolved: dict, checkpoint_path, *, seed: int, out_dir="runs",
@@ -166,7 +158,8 @@ def class_group_indices(resolved: dict, train_set, run_dir: Path) -> dict[str, l
 
 def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int = 0,
              device: str = "cpu", out_dir="runs", num_workers: int = 0,
-             progress: bool = True, log=print, stop_after: int | None = None) -> dict:
+             progress: bool = True, log=print, stop_after: int | None = None,
+             skip_bad: bool = False) -> dict:
     from readout.backbone import file_sha256, read_checkpoint
     from readout.train import ReadoutSchedule, train_readout, world
     import torch
@@ -177,9 +170,18 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
     run_dir = record_dir(out_dir, resolved, sha, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     if world()[0] == 0:
+        remove_stale_temporaries(run_dir, log=log)
         (run_dir / "resolved_suite.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    train_set = build_dataset(resolved["dataset"], root, resolved["splits"]["train"])
-    eval_set = build_dataset(resolved["dataset"], root, resolved["splits"]["eval"])
+    # every pair is checked (file headers: sizes) before anything trains
+    train_set = build_dataset(resolved["dataset"], root, resolved["splits"]["train"],
+                              skip_bad=skip_bad)
+    eval_set = build_dataset(resolved["dataset"], root, resolved["splits"]["eval"],
+                             skip_bad=skip_bad)
+    skipped = {split: [str(p) for p in ds.skipped] for split, ds in
+               (("train", train_set), ("eval", eval_set)) if ds.skipped}
+    for split, problems in skipped.items():
+        log(f"[skip-bad] {len(problems)} {split} pair(s) left out (listed in the record): "
+            f"{problems[0]}" + (" ..." if len(problems) > 1 else ""))
     torch.manual_seed(seed)
     task = _detection if resolved["task"] == "object_detection" else _segmentation
     model, evaluate_fn, extra, illustrate = task(resolved, ckpt, train_set, run_dir, log)
@@ -215,7 +217,7 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
         "scale": resolved["scale"], "metrics": metrics,
         "per_class_metric": per_class_metric,
         "per_class": dict(zip(train_set.classes, per_class)), **extra,
-        "schedule": schedule_info,
+        "schedule": schedule_info, "skipped_pairs": skipped,
         "loss_curve": curve, "seconds": {"train": round(train_s, 2),
                                          "eval": round(time.perf_counter() - t0, 2)},
         "device": str(device), "host": platform.node(), "run_dir": str(run_dir),

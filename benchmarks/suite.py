@@ -6,10 +6,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from pretrain.cli import parse_value
 
 SUITE_DIR = Path(__file__).with_name("suites")
 
@@ -58,6 +61,27 @@ TASKS = {
                "eval"),
         required=("class_groups",), forbidden=()),
 }
+# The allowed range of every numeric protocol value: (lowest, highest, text); a bound of
+# None is open, a "(" in the text means the bound itself is excluded.
+RANGES = {
+    "iterations": (1, None, ">= 1"), "batch_size": (1, None, ">= 1"),
+    "checkpoint_every": (1, None, ">= 1"), "lr": (0, None, "> 0"),
+    "momentum": (0, 1, "in [0, 1)"), "weight_decay": (0, None, ">= 0"),
+    "poly_power": (0, None, ">= 0"), "epochs": (0, None, "> 0"), "gamma": (0, None, "> 0"),
+    "warmup_iterations": (0, None, ">= 0"), "warmup_factor": (0, 1, "in (0, 1]"),
+    "k": (1, None, ">= 1"), "temperature": (0, None, "> 0"),
+    "memory_size": (1, None, ">= 1"), "augment_epochs": (1, None, ">= 1"),
+}
+
+
+def in_range(value, lo, hi, text: str) -> bool:
+    if not math.isfinite(value):
+        return False
+    low_ok = lo is None or (value > lo if text.startswith(("> ", "in (")) else value >= lo)
+    high_ok = hi is None or (value < hi if text.endswith(")") else value <= hi)
+    return low_ok and high_ok
+
+
 COMMON_REQUIRED = ("name", "description", "task", "dataset", "splits", "head", "protocol",
                    "source")
 
@@ -167,26 +191,38 @@ def head_class(data: dict):
     return get_head_class(data["head"])
 
 
+def _check_ranges(where: str, p: dict, ev: dict) -> None:
+    for key, value in p.items():
+        if key in RANGES and not in_range(value, *RANGES[key]):
+            raise SuiteError(f"{where}.protocol.{key}: must be {RANGES[key][2]}, got {value!r}")
+    sizes = {"protocol.crop": p.get("crop"), "eval.crop": ev.get("crop"),
+             "eval.stride": ev.get("stride"), "protocol.resize.short_side":
+             p.get("resize", {}).get("short_side"), "protocol.resize.scale":
+             p.get("resize", {}).get("scale")}
+    for key, value in sizes.items():
+        if value is not None and not (isinstance(value, list) and len(value) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+            raise SuiteError(f"{where}.{key}: two whole numbers >= 1, got {value!r}")
+    short = p.get("resize", {}).get("short_side")
+    if short and short[0] > short[1]:
+        raise SuiteError(f"{where}.protocol.resize.short_side: [min, max], got {short!r}")
+    ratio = p.get("resize", {}).get("ratio")
+    if ratio is not None and not (isinstance(ratio, list) and len(ratio) == 2 and all(
+            isinstance(r, (int, float)) and r > 0 for r in ratio) and ratio[0] <= ratio[1]):
+        raise SuiteError(f"{where}.protocol.resize.ratio: [min, max] > 0, got {ratio!r}")
+
+
 def _check_protocol(where: str, task: str, p: dict, ev: dict) -> None:
+    _check_ranges(where, p, ev)
     if task == "object_detection":
         if p["optimizer"] != "sgd" or p["schedule"] != "step":
             raise SuiteError(f"{where}.protocol: detection has optimizer 'sgd' with schedule "
                              f"'step'")
         if not all(isinstance(e, (int, float)) and 0 <= e for e in p["lr_steps"]):
             raise SuiteError(f"{where}.protocol.lr_steps: epochs at which lr *= gamma")
-        if p["epochs"] <= 0:
-            raise SuiteError(f"{where}.protocol.epochs: must be positive")
         return
-    if task == "retrieval_segmentation":
-        for key in ("k", "memory_size", "augment_epochs"):
-            if p[key] < 1:
-                raise SuiteError(f"{where}.protocol.{key}: must be >= 1, got {p[key]}")
-        if not p["temperature"] > 0:
-            raise SuiteError(f"{where}.protocol.temperature: must be > 0")
-    elif p["optimizer"] != "sgd" or p["schedule"] != "poly":
+    if task == "semantic_segmentation" and (p["optimizer"] != "sgd" or p["schedule"] != "poly"):
         raise SuiteError(f"{where}.protocol: only optimizer 'sgd' with schedule 'poly' exist")
-    if len(p["crop"]) != 2:
-        raise SuiteError(f"{where}.protocol.crop: [height, width]")
     if set(p["resize"]) not in ({"short_side"}, {"scale", "ratio"}):
         raise SuiteError(f"{where}.protocol.resize: either {{short_side: [a, b]}} or "
                          f"{{scale: [w, h], ratio: [r0, r1]}}")
@@ -235,7 +271,7 @@ def apply_overrides(resolved: dict, overrides: list[str]) -> dict:
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = parse_value(item, raw, SuiteError)
     return resolved
 
 

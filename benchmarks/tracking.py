@@ -5,7 +5,8 @@ run writes ``pretrain_record.json`` before anything here is called. Logging then
 record to the store and writes ``mlflow_sync.json`` beside it ({tracking URI: run id}), so
 ``bench sync`` can later push whatever an unreachable server missed, and pushing twice is a
 no-op (runs are also found again by the record's id, so a crash between logging and the
-marker does not duplicate them).
+marker does not duplicate them). A run counts as logged only when it is FINISHED, which is
+set after everything else; one left RUNNING by a crash is deleted and logged again.
 
 Layout: one experiment per suite (``<suite> [synthetic]`` for the synthetic world, so the
 UI never puts synthetic and real runs in one comparison), a parent run per (checkpoint,
@@ -212,13 +213,15 @@ class Tracker:
         params = flatten({k: v for k, v in resolved.items()
                           if k not in ("source", "description", "scales")})
         parents = self._runs([exp], bench_kind="parent", bench_key=key)
-        parent = (parents[0].info.run_id if parents else self._new_run(
-            exp, f"{tags['method']} {record['arch']} {sha[:12]}",
-            {**tags, "bench_kind": "parent"}, params))
-        found = self._runs([exp], bench_record=record["record_id"])
-        if found:
-            child = found[0].info.run_id
+        if parents:
+            parent = parents[0].info.run_id
+            if parents[0].info.status != "FINISHED":  # interrupted: its params may be missing
+                self._log_params(parent, params)  # same values again: a no-op in MLflow
         else:
+            parent = self._new_run(exp, f"{tags['method']} {record['arch']} {sha[:12]}",
+                                   {**tags, "bench_kind": "parent"}, params)
+        child = self._complete_run(exp, record["record_id"])
+        if child is None:
             child = self._new_run(
                 exp, f"seed {record['seed']}",
                 {**tags, "bench_kind": "seed", "bench_record": record["record_id"],
@@ -242,6 +245,18 @@ class Tracker:
         self._aggregate(parent, exp)
         return child
 
+    def _complete_run(self, exp: str, record_id: str) -> str | None:
+        """The run of this record if its logging finished (FINISHED is set last); a run
+        left RUNNING by a killed process or a server that died mid-logging is deleted
+        (MLflow keeps it restorable) so that the caller logs the record again in full."""
+        complete = None
+        for run in self._runs([exp], bench_record=record_id):
+            if run.info.status == "FINISHED" and complete is None:
+                complete = run.info.run_id
+            elif run.info.status != "FINISHED":
+                self.client.delete_run(run.info.run_id)
+        return complete
+
     def _retire_older_seeds(self, exp: str, key: str, record: dict) -> None:
         """A --force rerun replaces its seed: older children of that seed are deleted
         (MLflow keeps deleted runs restorable)."""
@@ -254,7 +269,8 @@ class Tracker:
 
     def _aggregate(self, parent: str, exp: str) -> None:
         """Parent metrics: the mean over its seeds, ``<name>_std`` the sample std."""
-        children = self._runs([exp], **{"mlflow.parentRunId": parent})
+        children = [r for r in self._runs([exp], **{"mlflow.parentRunId": parent})
+                    if r.info.status == "FINISHED"]
         values: dict[str, list[float]] = {}
         for run in children:
             for k, v in run.data.metrics.items():
@@ -280,9 +296,9 @@ class Tracker:
         out_dir = Path(out_dir)
         record = json.loads((out_dir / PRETRAIN_RECORD).read_text())
         exp = self.experiment_id(experiment_name(PRETRAIN_EXPERIMENT, record["synthetic"]))
-        found = self._runs([exp], bench_record=record["record_id"])
-        if found:
-            return found[0].info.run_id
+        done = self._complete_run(exp, record["record_id"])
+        if done:
+            return done
         config = yaml.safe_load((out_dir / "config.yaml").read_text())
         curve = json.loads((out_dir / "curve.json").read_text())
         tags = {"method": record["method"], "arch": record["arch"],

@@ -48,6 +48,35 @@ def atomic_path(path):
     os.replace(tmp, path)
 
 
+def remove_stale_temporaries(folder, recursive: bool = False, log=print) -> int:
+    """Delete ``.<name>.<pid>.tmp`` files that atomic_path left when a process was killed
+    mid-write (a restart calls this): only those whose process is gone."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed, freed = 0, 0
+    for tmp in (folder.rglob if recursive else folder.glob)(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            freed += tmp.stat().st_size
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        log(f"removed {removed} temporary file(s) of killed runs ({freed / 2**20:.1f} MiB) "
+            f"under {folder}")
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def write_checkpoint(checkpoint: dict, path) -> Path:
     import torch  # here, so that atomic_path serves torch-free callers (tracking) cheaply
     with atomic_path(path) as tmp:

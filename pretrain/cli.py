@@ -10,6 +10,38 @@ from pathlib import Path
 FLOW_CHOICES = "dis | farneback | raft_small | raft_large | gt | cache:DIR"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line that names the argument (sub-commands inherit it)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def parse_value(item: str, raw: str, error: type[Exception]):
+    """The YAML value of a ``key=value`` override; malformed YAML raises `error` naming it."""
+    import yaml
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        why = str(getattr(e, "problem", "") or e).splitlines()[0]
+        raise error(f"override {item!r}: {raw!r} is not valid YAML ({why}); a list is "
+                    f"[a, b], a mapping {{k: v}}") from None
+
+
+def at_least(lowest: int):
+    """An argparse type: a whole number >= `lowest`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"{value} is less than {lowest}")
+        return value
+    parse.__name__ = f"whole number >= {lowest}"
+    return parse
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True,
                    help="flowe | poodle | byol | byol_crop | byol_video")
@@ -26,12 +58,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"{FLOW_CHOICES} (default: the preset's; gt = the synthetic world's "
                         f"exact flow; cache:DIR = a `bench flow precompute` cache)")
     p.add_argument("--flow-weights", default=None, help="local RAFT weights file")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding video")
+    p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--workers", type=at_least(0), default=0,
+                   help="DataLoader processes decoding video")
     p.add_argument("--backend", default="auto", choices=("auto", "pyav", "opencv"))
     p.add_argument("--sync-bn", action="store_true",
                    help="synchronise BatchNorm across processes under torchrun")
-    p.add_argument("--stop-after", type=int, default=None,
+    p.add_argument("--stop-after", type=at_least(1), default=None,
                    help="stop after this many steps (resume later by rerunning)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -94,8 +127,6 @@ def run(args, on_export=None) -> int:
                      progress=not args.no_progress, log=log, on_export=on_export)
     if rank == 0:
         (out / "curve.json").write_text(json.dumps(curve))
-        if source.skipped:
-            log(source.summary())
         done = out / "backbone.pth"
         log(f"loss {curve[0]['loss']:.4f} -> {curve[-1]['loss']:.4f} over "
             f"{len(curve)} steps; " + (f"checkpoint: {done}" if done.is_file() else
@@ -104,7 +135,7 @@ def run(args, on_export=None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pretrain",
+    parser = OneLineParser(prog="python -m pretrain",
                                      description="Pretrain a self-supervised method on video.")
     add_arguments(parser)
     args = parser.parse_args(argv)

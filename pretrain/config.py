@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from .cli import parse_value
 from .methods import METHODS, get_method_class
 from .train import PretrainSchedule
 
@@ -29,6 +30,75 @@ EXCLUSIVE = {"steps": "epochs", "epochs": "steps", "warmup_steps": "warmup_epoch
 
 class ConfigError(ValueError):
     pass
+
+
+# schedule and data values: (kind, lowest, text); "int" values are whole numbers
+SCHEDULE_RANGES = {
+    "steps": ("int", 1, ">= 1"), "batch_size": ("int", 1, ">= 1"), "lr": ("num", 0, "> 0"),
+    "weight_decay": ("num", 0, ">= 0"), "warmup_steps": ("int", 0, ">= 0"),
+    "checkpoint_every": ("int", 1, ">= 1"), "export_every": ("int", 0, ">= 0 (0: off)"),
+    "seed": ("int", 0, ">= 0"), "epochs": ("num", 0, "> 0"),
+    "warmup_epochs": ("num", 0, ">= 0"), "ema_base": ("num", 0, "in [0, 1]"),
+}
+OPTIMIZERS = ("lars", "adamw")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _check_value(where: str, value, kind: str, lo, text: str) -> None:
+    ok = _is_int(value) if kind == "int" else _is_num(value)
+    if ok:
+        ok = value > lo if text.startswith("> ") else value >= lo
+        if text == "in [0, 1]":
+            ok = ok and value <= 1
+    if not ok:
+        raise ConfigError(f"{where}: must be {'a whole number ' if kind == 'int' else ''}"
+                          f"{text}, got {value!r}")
+
+
+def _check_span(where: str, value, kind: str) -> None:
+    """A value or a [min, max] range of values > 0 (dt_frames, dt_seconds)."""
+    values = value if isinstance(value, list) else [value]
+    good = (len(values) in (1, 2) and all(
+        (_is_int(v) if kind == "int" else _is_num(v)) and v > 0 for v in values)
+        and values[0] <= values[-1])
+    if not good:
+        raise ConfigError(f"{where}: a {'whole number' if kind == 'int' else 'number'} > 0 "
+                          f"or a [min, max] range of them, got {value!r}")
+
+
+def _check_model_values(method: str, model: dict, where: str) -> None:
+    """Model values have the type of the constructor's default; numbers are finite, sizes
+    and counts >= 1, pairs > 0 (scale and area ranges ordered), other numbers >= 0."""
+    defaults = {}
+    for cls in reversed(get_method_class(method).__mro__):
+        if "__init__" in vars(cls):
+            defaults.update({p.name: p.default for p in
+                             inspect.signature(cls.__init__).parameters.values()
+                             if p.kind == p.KEYWORD_ONLY})
+    for key, value in model.items():
+        default, at = defaults.get(key), f"{where}.{key}"
+        if isinstance(default, str):
+            if not isinstance(value, str):
+                raise ConfigError(f"{at}: expected a name like {default!r}, got {value!r}")
+        elif _is_int(default):
+            _check_value(at, value, "int", 1, ">= 1")
+        elif isinstance(default, float):
+            _check_value(at, value, "num", 0, ">= 0")
+        elif isinstance(default, tuple) and len(default) == 2:
+            sizes, ordered = key.endswith("_size"), key.endswith(("_scale", "_area"))
+            if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(
+                    (_is_int(v) if sizes else _is_num(v)) and v > 0 for v in value)
+                    and (not ordered or value[0] <= value[1])):
+                raise ConfigError(f"{at}: " + ("[height, width], whole numbers >= 1" if sizes
+                                               else "[min, max], numbers > 0" if ordered
+                                               else "two numbers > 0") + f", got {value!r}")
 
 
 def model_keys(method: str) -> set[str]:
@@ -57,6 +127,20 @@ def validate_preset(method: str, preset: dict, where: str) -> None:
     _check(preset["data"], DATA_KEYS, f"{where}.data")
     _check(preset["schedule"], SCHEDULE_KEYS, f"{where}.schedule")
     s = preset["schedule"]
+    for key, value in s.items():
+        if key in SCHEDULE_RANGES:
+            _check_value(f"{where}.schedule.{key}", value, *SCHEDULE_RANGES[key])
+    if "optimizer" in s and s["optimizer"] not in OPTIMIZERS:
+        raise ConfigError(f"{where}.schedule.optimizer: {s['optimizer']!r} is not one of "
+                          f"{', '.join(OPTIMIZERS)}")
+    d = preset["data"]
+    if "dt_frames" in d:
+        _check_span(f"{where}.data.dt_frames", d["dt_frames"], "int")
+    if "dt_seconds" in d:
+        _check_span(f"{where}.data.dt_seconds", d["dt_seconds"], "num")
+    if "repeats" in d:
+        _check_value(f"{where}.data.repeats", d["repeats"], "int", 1, ">= 1")
+    _check_model_values(method, preset["model"], f"{where}.model")
     if ("steps" in s) == ("epochs" in s):
         raise ConfigError(f"{where}.schedule: give exactly one of steps and epochs")
     if "warmup_steps" in s and "warmup_epochs" in s:
@@ -90,7 +174,7 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
         if not sep:
             raise ConfigError(f"override {item!r} is not key=value")
         section, _, name = key.partition(".")
-        parsed = yaml.safe_load(value)
+        parsed = parse_value(item, value, ConfigError)
         if name:
             if section not in ("model", "data", "schedule"):
                 raise ConfigError(f"override {key!r}: sections are model, data, schedule")
@@ -106,7 +190,7 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
 def resolve(method: str, config: dict, *, num_videos: int, seed: int) -> dict:
     """Validated config with the schedule in steps (an epoch = every video visited once,
     each visit giving `repeats` pairs: PooDLe App. A repeated sampling)."""
-    validate_preset(method, config, "config")
+    validate_preset(method, config, f"{method} config")
     s = dict(config["schedule"])
     pairs_per_epoch = num_videos * config["data"].get("repeats", 1)
     steps_per_epoch = pairs_per_epoch / s["batch_size"]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import backbone_checkpoint, write_checkpoint
+from .checkpoint import backbone_checkpoint, remove_stale_temporaries, write_checkpoint
 from .distributed import mean_over_ranks, rank_world, sync_batchnorm
 from .health import EmbeddingBuffer, collapse_warning, projection_std
 from .optim import LARS, ema_momentum, warmup_cosine
@@ -84,6 +84,7 @@ class StepBatches(torch.utils.data.Dataset):
         frames = torch.stack([it["frames"][r] for it, r in pick]).permute(0, 1, 4, 2, 3)
         frames = frames.float() / 255  # [n, 2, 3, H, W]
         out = {"frames1": frames[:, 0], "frames2": frames[:, 1], "samples": list(samples),
+               "skipped": [path for i in needed for path in items[i]["skipped"]],
                "videos": [it["path"] for it, _ in pick],
                "frames_index1": [int(it["frame_index"][r, 0]) for it, r in pick],
                "frames_index2": [int(it["frame_index"][r, 1]) for it, r in pick]}
@@ -171,18 +172,22 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
     rank, world = rank_world()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        remove_stale_temporaries(out_dir, recursive=True, log=log)
     if sync_bn and world > 1:
         sync_batchnorm(method, device)
     method.to(device).train()
     params = [p for m in method.online_modules() for p in m.parameters()]
     optimizer = make_optimizer(params, schedule)
     start, curve = 0, []
+    skipped: dict[str, int] = {}  # video reads that failed (this process), kept on resume
     state_path = out_dir / STATE_NAME
     if state_path.is_file():
         state = torch.load(state_path, map_location=device, weights_only=True)
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         start, curve = int(state["step"]), list(state["curve"])
+        skipped = dict(state.get("skipped", {}))
         log(f"resuming pretraining from step {start} ({state_path})")
     model = method
     if world > 1:
@@ -225,6 +230,10 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
         record = {"step": step + 1, "loss": float(mean_over_ranks(loss)), "lr": lr, "tau": tau}
         record.update({k: float(mean_over_ranks(v.float())) for k, v in parts.items()})
         record["grad_norm"] = norm
+        for path in batch["skipped"]:
+            skipped[path] = skipped.get(path, 0) + 1
+        record["skipped_videos"] = float(mean_over_ranks(
+            torch.tensor(float(len(batch["skipped"]))))) * world
         record.update(health.values(observed, step, last=step + 1 == end))
         curve.append(record)
         rate = (step + 1 - start) * schedule.batch_size / (time.perf_counter() - t0)
@@ -238,7 +247,8 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
         bar.set_postfix(**shown, pairs_s=f"{rate:.1f}")
         if rank == 0 and ((step + 1) % schedule.checkpoint_every == 0 or step + 1 == end):
             write_checkpoint({"method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                              "step": step + 1, "curve": curve}, state_path)
+                              "step": step + 1, "curve": curve, "skipped": skipped},
+                             state_path)
         if rank == 0 and schedule.export_every and (step + 1) % schedule.export_every == 0:
             path = export_backbone(method, out_dir / "exports" / f"backbone_step{step + 1:07d}.pth",
                                    schedule=schedule, steps_done=step + 1, pairs=pairs,
@@ -246,6 +256,10 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
             if on_export is not None:
                 on_export(path, step + 1)
     bar.close()
+    if skipped:
+        log(f"skipped {sum(skipped.values())} failed video read(s) since step 1 (another "
+            f"video was drawn each time): " + "; ".join(
+                f"{Path(p).name} x{n}" for p, n in sorted(skipped.items())))
     already_exported = start == schedule.steps and (out_dir / BACKBONE_NAME).is_file()
     if rank == 0 and len(curve) == schedule.steps and not already_exported:
         export_backbone(method, out_dir / BACKBONE_NAME, schedule=schedule,

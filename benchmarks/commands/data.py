@@ -8,6 +8,7 @@ from pathlib import Path
 from readout.datasets import DATASETS, build_dataset, get_dataset_class
 from readout.datasets.base import SegmentationDataset
 from readout.datasets.stats import class_groups, class_statistics, write_stats_csv
+from pretrain.cli import at_least
 
 from ..cli import UserError
 
@@ -22,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output data root")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
                    help="tiny (~64x128, seconds), small (~256x512, <2 min), full (720x1280)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--parts", nargs="+", default=list(WRITERS), choices=list(WRITERS),
                    help="which layouts to write (default: all)")
     p.add_argument("--no-progress", action="store_true")
@@ -68,7 +69,8 @@ def check_dataset(name: str, root, splits=None, skip_bad: bool = False, out=None
     splits = splits or [s for s in ("train", "val") if s in cls.splits]
     n_problems = 0
     for split in splits:
-        ds = build_dataset(name, root, split, skip_bad=True)  # collects every problem
+        ds = build_dataset(name, root, split, skip_bad=True, check="decode",  # every problem
+                           progress=out.isatty() if hasattr(out, "isatty") else False)
         problems = ds.skipped
         n_problems += len(problems)
         verdict = "skipped" if skip_bad else "problems"

@@ -15,6 +15,8 @@ from pathlib import Path
 from readout.datasets import build_dataset
 from readout.datasets.stats import class_groups, class_statistics, write_stats_csv
 
+from pretrain.cli import at_least
+
 from ..cli import UserError
 from .data import check_dataset
 
@@ -28,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--out", default="./demo", help="output folder (default ./demo)")
     p.add_argument("--preset", default="small", choices=("tiny", "small"),
                    help="size of the synthetic world (default small)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else <out>/mlruns)")
     p.set_defaults(func=cmd_demo)

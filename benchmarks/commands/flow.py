@@ -5,6 +5,8 @@ import json
 from fractions import Fraction
 from pathlib import Path
 
+from pretrain.cli import at_least
+
 from ..cli import UserError
 
 ESTIMATOR_NAMES = ("dis", "farneback", "raft_small", "raft_large", "gt")
@@ -17,13 +19,13 @@ def register(sub) -> None:
     p = fsub.add_parser("precompute", help="cache forward + backward flow of video frame pairs")
     _video_args(p)
     p.add_argument("--out", required=True, help="cache folder (re-running resumes it)")
-    p.add_argument("--dt", type=int, nargs="+", default=[15],
+    p.add_argument("--dt", type=at_least(1), nargs="+", default=[15],
                    help="frame steps to cache (default 15 = 0.5 s at 30 fps, FlowE)")
-    p.add_argument("--every", type=int, default=15,
+    p.add_argument("--every", type=at_least(1), default=15,
                    help="cache pairs starting every N frames (default 15)")
     p.add_argument("--step", default="1/8",
                    help="quantization step in pixels (default 1/8: error <= 1/16 px per component)")
-    p.add_argument("--workers", type=int, default=1, help="processes over videos")
+    p.add_argument("--workers", type=at_least(1), default=1, help="processes over videos")
     p.set_defaults(func=cmd_precompute)
 
     p = fsub.add_parser("info", help="size, compression and quantization error of a cache")
@@ -33,8 +35,8 @@ def register(sub) -> None:
     p = fsub.add_parser("show", help="PNG: frames, flow, consistency mask, warp error")
     _video_args(p)
     p.add_argument("--video", default=None, help="video name (default: the first)")
-    p.add_argument("--t", type=int, default=0, help="first frame index")
-    p.add_argument("--dt", type=int, default=1, help="frame step")
+    p.add_argument("--t", type=at_least(0), default=0, help="first frame index")
+    p.add_argument("--dt", type=at_least(1), default=1, help="frame step")
     p.add_argument("--cache", default=None, help="read the flow from this cache instead")
     p.add_argument("--alpha", type=float, nargs=2, default=(0.01, 0.5),
                    metavar=("A1", "A2"), help="consistency thresholds (PixPro-flow Eq. 3)")
@@ -79,9 +81,15 @@ def cmd_precompute(args) -> int:
                          estimator_kwargs=_estimator_kwargs(args), dts=args.dt,
                          every=args.every, step=step, workers=args.workers)
     bad = {k: v for k, v in results.items() if isinstance(v, str) and v.startswith("skipped")}
-    print(f"cached {len(results) - len(bad)} of {len(source)} videos in {args.out}")
+    before = sum(v == "cached before" for v in results.values())
+    ignored = {p: why for p, why in source.ignored.items()}
+    print(f"cached {len(results) - len(bad) - before} new and {before} earlier of "
+          f"{len(source)} videos in {args.out}; {len(bad)} skipped"
+          + (f", {len(ignored)} not videos" if ignored else ""))
     for name, why in bad.items():
         print(f"  {name}: {why}")
+    for path, why in ignored.items():
+        print(f"  {path}: {why}")
     _print_info(FlowCache(args.out).info())
     return 0
 

@@ -8,7 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
-from pretrain.cli import add_arguments, run
+from pretrain.cli import add_arguments, at_least, run
 
 
 def register(sub) -> None:
@@ -19,7 +19,7 @@ def register(sub) -> None:
     add_arguments(p)
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)")
-    p.add_argument("--eval-every", type=int, default=None, metavar="N",
+    p.add_argument("--eval-every", type=at_least(1), default=None, metavar="N",
                    help="export every N steps and run the training-free kNN readout "
                         "(--eval-suite) on each export: a quality curve during pretraining, "
                         "in <out>/eval_curve.json and the MLflow run")

@@ -5,6 +5,8 @@ import math
 import statistics
 from pathlib import Path
 
+from pretrain.cli import at_least
+
 from ..suite import load_suite, resolve_suite, suite_names
 
 
@@ -17,11 +19,14 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="flowssl-backbone/1 or torchvision .pth")
     p.add_argument("--data-root", default=None, help="folder holding the datasets "
                    "(default: $BENCH_DATA)")
-    p.add_argument("--seeds", type=int, default=1, help="run seeds 0..N-1 (default 1)")
+    p.add_argument("--seeds", type=at_least(1), default=1, help="run seeds 0..N-1 (default 1)")
     p.add_argument("--scale", default=None, help="e.g. 'smoke': the suite's tiny CPU scale")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--out", default="runs", help="run folders go here (default ./runs)")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--num-workers", type=at_least(0), default=0)
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out image/label pairs that are missing, unreadable or differ "
+                        "in size (listed and counted in the record) instead of stopping")
     p.add_argument("--force", action="store_true",
                    help="run again even if this (checkpoint, suite, seed) already finished; "
                         "the old result is kept as seedN.replaced-<time>")
@@ -35,7 +40,7 @@ def register(sub) -> None:
     csub = ck.add_subparsers(dest="checkpoint_command", required=True, metavar="ACTION")
     p = csub.add_parser("scratch", help="a random-init backbone (the 'Scratch' row)")
     p.add_argument("--arch", default="resnet50")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_scratch)
     p = csub.add_parser("info", help="format, arch, decoder and meta of a checkpoint")
@@ -87,18 +92,21 @@ def _fmt(v: float) -> str:
 
 
 def cmd_run(args) -> int:
-    import torch
     from readout.train import init_distributed, world
+    from ..cli import check_device
     from ..runner import RECORD_NAME, run_or_reuse
     from ..tracking import push_record
+    from readout.backbone import read_checkpoint
     resolved = resolve_suite(args.suite, scale=args.scale, overrides=args.overrides)
+    device = check_device(args.device)
+    read_checkpoint(args.checkpoint)  # a bad file fails here, before any folder is made
     init_distributed()  # no-op unless launched by torchrun with WORLD_SIZE > 1
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     records = []
     for seed in range(args.seeds):
         record = run_or_reuse(resolved, args.checkpoint, data_root_dir=args.data_root,
                               seed=seed, device=device, out_dir=args.out,
-                              num_workers=args.num_workers, force=args.force)
+                              num_workers=args.num_workers, force=args.force,
+                              skip_bad=args.skip_bad)
         if world()[0] == 0 and record["status"] == "finished":  # local record first
             push_record(Path(record["run_dir"]) / RECORD_NAME, uri=args.tracking_uri)
         records.append(record)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from pretrain.cli import at_least
+
 from ..study import study_names
 
 EXPORTED = ("leaderboard.csv", "leaderboard.md", "leaderboard.png", "pretrain_health.csv",
@@ -26,7 +28,7 @@ def register(sub) -> None:
                    "mlruns/, summary/")
     p.add_argument("--methods", nargs="+", default=None,
                    help="only these methods of the preset (e.g. scratch flowe)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: preset's)")
+    p.add_argument("--seeds", type=at_least(1), default=None, help="seeds 0..N-1 (default: preset's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else <out>/mlruns)")
@@ -41,10 +43,10 @@ def register(sub) -> None:
 
 
 def cmd_study(args) -> int:
-    from ..cli import UserError
+    from ..cli import check_device
     from ..study import Study, load_study
-    if args.seeds is not None and args.seeds < 1:
-        raise UserError(f"--seeds {args.seeds}: at least 1")
+    if args.device:
+        check_device(args.device)
     if args.readme:
         check_readme(Path(args.readme), args.export)
     study = Study(load_study(args.preset), args.out, seeds=args.seeds, methods=args.methods,

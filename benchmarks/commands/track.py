@@ -1,8 +1,13 @@
 """`bench sync`, `bench leaderboard`, `bench table` and `bench ui`: results in MLflow."""
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
 from pathlib import Path
+
+from pretrain.cli import at_least
 
 from ..cli import UserError
 from ..suite import suite_names
@@ -42,7 +47,7 @@ def register(sub) -> None:
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the configured store")
     p.add_argument("--tracking-uri", default=None, help=URI_HELP)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=at_least(1), default=5000)
     p.add_argument("--print-command", action="store_true",
                    help="print the server command instead of starting it")
     p.set_defaults(func=cmd_ui)
@@ -114,6 +119,8 @@ def cmd_table(args) -> int:
 
 
 def cmd_ui(args) -> int:
+    """The MLflow server in its own process group: Ctrl-C, a signal or the server's own exit
+    stops the whole group (uvicorn, its job runner and workers), never leaving them behind."""
     from ..tracking import server_command, store_uri
     uri = store_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):
@@ -123,8 +130,50 @@ def cmd_ui(args) -> int:
     if args.print_command:
         print(" ".join(cmd))
         return 0
-    print(f"MLflow UI for {uri}\n  open http://{args.host}:{args.port}  (Ctrl-C stops it)")
+    check_port_free(args.host, args.port)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    server = subprocess.Popen(cmd, start_new_session=True)
     try:
-        return subprocess.call(cmd)
+        print(f"MLflow UI for {uri}\n  open http://{args.host}:{args.port}  (Ctrl-C stops "
+              f"it)")
+        code = server.wait()
     except KeyboardInterrupt:
-        return 0
+        code = 0
+    finally:
+        stop_group(server)
+        signal.signal(signal.SIGTERM, previous)
+    if code:
+        raise UserError(f"the MLflow server stopped with exit code {code} (its messages are "
+                        f"above); check --tracking-uri {uri} and --port {args.port}")
+    return 0
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            raise UserError(f"port {port} on {host} is in use (another bench ui or server?); "
+                            f"stop it or pick another --port") from None
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM to the process group of `proc` (its own session), SIGKILL after `grace` s."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break  # the whole group is gone
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the leader is gone; members of its group may live on
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break

@@ -6,8 +6,9 @@
 - PixPro-flow: ``dt_frames=k`` frames of a 10 fps stream.
 
 With a flow cache the pairs are drawn from the cached ones and carry their flow. Items are
-a pure function of (seed, epoch, index). A video that fails to decode is skipped (another
-one is drawn), recorded in the item's ``skipped`` and in ``source.skipped``.
+a pure function of (seed, epoch, index) and the files. A video that fails to decode is
+skipped (another one is drawn), recorded in the item's ``skipped`` and in
+``source.skipped``.
 """
 from __future__ import annotations
 
@@ -62,17 +63,22 @@ class FramePairs(torch.utils.data.Dataset):
         return out
 
     def __getitem__(self, index: int) -> dict:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        skipped, video = [], int(index)
-        for _ in range(self.max_tries):
-            if not self.source.is_bad(video):
-                try:
-                    pairs = self._draw_pairs(video, rng)
-                    frames = [self.source.read(video, list(p)) for p in pairs]
-                    break
-                except VideoError:
-                    skipped.append(str(self.source.items[video]))
-            video = int(rng.integers(len(self.source)))
+        """Attempt k draws from its own generator (seed, epoch, index, k), so the item does
+        not depend on how far a failed attempt got, nor on which files this process has
+        already found unreadable: resume and any number of workers give the same items."""
+        skipped = []
+        for attempt in range(self.max_tries):
+            rng = np.random.default_rng([self.seed, self.epoch, index, attempt])
+            video = int(index) if attempt == 0 else int(rng.integers(len(self.source)))
+            if self.source.is_bad(video):
+                skipped.append(str(self.source.items[video]))
+                continue
+            try:
+                pairs = self._draw_pairs(video, rng)
+                frames = [self.source.read(video, list(p)) for p in pairs]
+                break
+            except VideoError:
+                skipped.append(str(self.source.items[video]))
         else:
             raise VideoError(f"no decodable video after {self.max_tries} tries; "
                              f"{self.source.summary()}")

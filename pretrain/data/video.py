@@ -180,6 +180,12 @@ class VideoSource:
     that fail to open or decode later are skipped when met, warned about once and counted
     in ``skipped``.
 
+    What is drawn never depends on what a process has met before (a DataLoader worker, a
+    resumed run): ``is_bad`` holds only files that can never be read (zero bytes, will not
+    open), which fail the same way every time; a file that opens but fails on some frames
+    (truncated) is tried again each time, so whether a read succeeds is a function of the
+    file and the frames alone.
+
     ``open(i)`` keeps up to `keep_open` decoders open per process (re-opening a container
     costs more than a seek).
     """
@@ -192,7 +198,9 @@ class VideoSource:
         self.backend = resolve_backend(backend)
         self.frames_fps = frames_fps
         self.keep_open = keep_open
-        self.skipped: dict[str, str] = {}
+        self.skipped: dict[str, str] = {}  # every file that failed, for the report
+        self.unreadable: set[str] = set()  # files that fail whatever frames are asked for
+        self.ignored: dict[str, str] = {}  # paths named like videos that are not (reported)
         self.items: list[Path] = []
         candidates = [self.root] if self.root.is_file() else sorted(self.root.rglob("*"))
         for p in candidates:
@@ -200,8 +208,12 @@ class VideoSource:
                 self.items.append(p)
                 if p.stat().st_size == 0:
                     self._skip(p, "zero bytes")
+                    self.unreadable.add(str(p))
             elif p.is_dir() and any(c.suffix.lower() in FRAME_EXTENSIONS for c in p.iterdir()):
                 self.items.append(p)
+            elif p.is_dir() and p.suffix.lower() in VIDEO_EXTENSIONS:
+                self.ignored[str(p)] = "a folder named like a video, without frames in it"
+                warnings.warn(f"ignoring {p}: {self.ignored[str(p)]}", stacklevel=2)
         self._open: dict[int, object] = {}
 
     def __len__(self) -> int:
@@ -216,7 +228,8 @@ class VideoSource:
             warnings.warn(f"skipping video {path}: {why}", stacklevel=3)
 
     def is_bad(self, i: int) -> bool:
-        return str(self.items[i]) in self.skipped
+        """True for a file that can never be read (see the class docstring)."""
+        return str(self.items[i]) in self.unreadable
 
     def open(self, i: int):
         """The decoder of video `i` (raises VideoError and records the file as skipped)."""
@@ -230,6 +243,7 @@ class VideoSource:
                 dec = DECODERS[self.backend](path)
         except VideoError as e:
             self._skip(path, str(e))
+            self.unreadable.add(str(path))
             raise
         if len(self._open) >= self.keep_open:
             self._open.pop(next(iter(self._open))).close()
@@ -248,7 +262,10 @@ class VideoSource:
         return (f"{len(self.items) - len(self.skipped)} of {len(self.items)} videos usable"
                 + (f"; skipped {len(self.skipped)}: " + "; ".join(
                     f"{Path(p).name} ({why})" for p, why in self.skipped.items())
-                   if self.skipped else ""))
+                   if self.skipped else "")
+                + (f"; ignored {len(self.ignored)}: " + "; ".join(
+                    f"{Path(p).name} ({why})" for p, why in self.ignored.items())
+                   if self.ignored else ""))
 
     def __getstate__(self):  # decoders stay in the process that opened them
         return {**self.__dict__, "_open": {}}

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_path
+from ..checkpoint import atomic_path, remove_stale_temporaries
 
 OFFSET = 32768
 
@@ -173,9 +173,12 @@ def precompute(source, root, *, estimator: str, estimator_kwargs: dict | None = 
             raise ValueError(f"{root} holds a cache made with {old}; asked {spec}: use "
                              f"another --out")
     _atomic_write(spec_path, json.dumps(spec).encode())
-    todo = [i for i in range(len(source)) if not (root / source.name(i) / "meta.json").is_file()
-            and not source.is_bad(i)]
-    done = {source.name(i): "cached before" for i in range(len(source)) if i not in todo}
+    remove_stale_temporaries(root, recursive=True)
+    cached = {i for i in range(len(source)) if (root / source.name(i) / "meta.json").is_file()}
+    done = {source.name(i): "cached before" for i in cached}
+    done.update({source.name(i): f"skipped: {source.skipped[str(source.items[i])]}"
+                 for i in range(len(source)) if source.is_bad(i) and i not in cached})
+    todo = [i for i in range(len(source)) if source.name(i) not in done]
     jobs = [(source, i, root, estimator, estimator_kwargs or {}, list(dts), every, step)
             for i in todo]
     bar = tqdm(total=len(jobs), desc=f"flow ({estimator})", disable=not progress)

@@ -36,9 +36,16 @@ class PairMismatchError(ValueError):
     """An image and its label differ in size."""
 
 
+class CorruptFileError(ValueError):
+    """An image or label file that does not decode (truncated, not an image)."""
+
+
+CHECK_HINT = "`bench data check` lists every bad file; --skip-bad leaves them out"
+
+
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # missing_label | size_mismatch | unreadable
+    kind: str  # missing_label | size_mismatch | unreadable | corrupt
     message: str
     files: tuple[str, ...]
 
@@ -70,17 +77,34 @@ def resolve_dataset_root(root, *, name: str, dirname: str, markers: tuple[str, .
 def read_rgb(path: Path) -> np.ndarray:
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
-        raise OSError(f"cannot read image {path}")
+        raise CorruptFileError(f"cannot decode image {path} (truncated or not an image); "
+                               f"{CHECK_HINT}")
     return np.ascontiguousarray(img[:, :, ::-1])
 
 
 def read_label(path: Path) -> np.ndarray:
     lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if lab is None:
-        raise OSError(f"cannot read label {path}")
+        raise CorruptFileError(f"cannot decode label {path} (truncated or not an image); "
+                               f"{CHECK_HINT}")
     if lab.ndim != 2:
-        raise ValueError(f"label {path} has shape {lab.shape}; expected a single channel")
+        raise CorruptFileError(f"label {path} has shape {lab.shape}; expected a single "
+                               f"channel; {CHECK_HINT}")
     return lab
+
+
+def decode_problem(path: Path) -> str | None:
+    """Why `path` does not decode completely (None when it does). Both decoders must
+    accept it: PIL fails on a JPEG cut short that OpenCV passes as a partial image, OpenCV
+    on a PNG without its end that PIL passes."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for bad image data
+        return f"{path} does not decode ({e})"
+    if cv2.imread(str(path), cv2.IMREAD_UNCHANGED) is None:
+        return f"{path} does not decode (OpenCV cannot read it)"
+    return None
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -104,7 +128,14 @@ class SegmentationDataset:
     tree = ""
     markers: tuple[str, ...] = ()  # sub-folders that identify the dataset folder itself
 
-    def __init__(self, root=None, split: str = "train", skip_bad: bool = False):
+    def __init__(self, root=None, split: str = "train", skip_bad: bool = False,
+                 check: str = "header", progress: bool = False):
+        """`check`: "header" (default) compares image and label sizes from the file headers
+        (fast) before anything trains; "decode" also decodes every file (``bench data
+        check``). Problems fail here, listed, unless `skip_bad`, which leaves those pairs
+        out and keeps them in ``skipped``."""
+        if check not in ("header", "decode"):
+            raise ValueError(f"check={check!r}: 'header' or 'decode'")
         if split not in self.splits:
             raise ValueError(f"{self.name}: unknown split {split!r}; known splits: "
                              f"{', '.join(self.splits)}")
@@ -114,15 +145,14 @@ class SegmentationDataset:
             if not folder.is_dir():
                 raise LayoutError(self._missing(folder))
         pairs, problems = self._pairs(split)
+        problems = problems + self._file_problems(pairs, decode=check == "decode",
+                                                  progress=progress)
         if skip_bad:
-            problems = problems + self._size_problems(pairs)
             bad = {p.files[0] for p in problems}
             pairs = [pr for pr in pairs if str(pr[0]) not in bad]
         elif problems:
-            listed = "\n  ".join(str(p) for p in problems[:10])
-            more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
             raise LayoutError(f"{self.name} {split}: {len(problems)} problem(s) under "
-                              f"{self.root} (use --skip-bad to skip them):\n  {listed}{more}")
+                              f"{self.root}, the first: {problems[0]}; {CHECK_HINT}")
         self.skipped: list[Problem] = problems
         self.samples: list[tuple[Path, Path]] = pairs
 
@@ -161,27 +191,36 @@ class SegmentationDataset:
                                         (str(img), str(lab))))
         return pairs, problems
 
-    @staticmethod
-    def _size_problems(pairs) -> list[Problem]:
+    def _file_problems(self, pairs, decode: bool = False,
+                       progress: bool = False) -> list[Problem]:
+        """Unreadable headers and image/label size mismatches; with `decode`, also files
+        whose data do not decode to the end."""
+        from tqdm import tqdm
         problems = []
-        for img, lab in pairs:
+        for img, lab in tqdm(pairs, desc=f"{self.name} {self.split}: checking files",
+                             disable=not progress, leave=False):
             if lab is None:
                 continue
+            files = (str(img), str(lab))
             try:
                 a, b = image_size(img), image_size(lab)
             except OSError as e:
-                problems.append(Problem("unreadable", str(e), (str(img), str(lab))))
+                problems.append(Problem("unreadable", str(e), files))
                 continue
             if a != b:
                 problems.append(Problem(
                     "size_mismatch", f"image {img} is {a[0]}x{a[1]} but label {lab} is "
-                    f"{b[0]}x{b[1]}", (str(img), str(lab))))
+                    f"{b[0]}x{b[1]}", files))
+            elif decode:
+                why = decode_problem(img) or decode_problem(lab)
+                if why:
+                    problems.append(Problem("corrupt", why, files))
         return problems
 
     def validate(self) -> list[Problem]:
         """Problems of the kept samples: unreadable headers and image/label size mismatches.
         (Missing labels already failed the constructor, or were skipped with skip_bad.)"""
-        return self._size_problems(self.samples)
+        return self._file_problems(self.samples)
 
     def __len__(self) -> int:
         return len(self.samples)

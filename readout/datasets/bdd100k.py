@@ -145,7 +145,10 @@ class BDD100KDetection:
   images/100k/{train,val}/<name>.jpg
   labels/det_20/det_{train,val}.json      (BDD100K det_20 format)"""
 
-    def __init__(self, root=None, split: str = "train", skip_bad: bool = False):
+    def __init__(self, root=None, split: str = "train", skip_bad: bool = False,
+                 check: str = "header", progress: bool = False):
+        """Images are decoded when read (a bad one fails naming its file); `skip_bad`,
+        `check` and `progress` are accepted for the common dataset signature."""
         if split not in self.splits:
             raise ValueError(f"{self.name}: unknown split {split!r}; known splits: "
                              f"{', '.join(self.splits)}")

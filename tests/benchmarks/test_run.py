@@ -10,11 +10,9 @@ from readout.detection import DETECTORS
 from readout.heads import HEADS
 
 
-@pytest.fixture(scope="module")
-def r18_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "scratch_r18.pth"
-    assert main(["checkpoint", "scratch", "--arch", "resnet18", "--out", str(path)]) == 0
-    return path
+@pytest.fixture
+def r18_path(r18):
+    return r18
 
 
 def _suite_for(head):
@@ -100,3 +98,14 @@ def test_list_and_info(r18_path, capsys):
     assert all(n in out for n in suite_names())
     assert main(["checkpoint", "info", str(r18_path)]) == 0
     assert "resnet18" in capsys.readouterr().out
+
+
+def test_an_untrainable_protocol_is_refused_before_any_work(r18_path, tiny_root, tmp_path,
+                                                             capsys):
+    """protocol.iterations=0 once wrote a "finished" record with an untrained head."""
+    assert main(["run", "--suite", "cityscapes_linear", "--checkpoint", str(r18_path),
+                 "--data-root", str(tiny_root), "--scale", "smoke", "--device", "cpu",
+                 "--out", str(tmp_path / "runs"), "protocol.iterations=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("protocol.iterations: must be >= 1, got 0")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "runs").exists()

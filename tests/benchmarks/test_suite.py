@@ -132,3 +132,25 @@ def test_resolved_suite_is_plain_yaml():
     r = resolve_suite("cityscapes_upernet", scale="smoke")
     assert yaml.safe_load(yaml.safe_dump(r)) == r
     json.dumps(r)
+
+
+@pytest.mark.parametrize("suite, override, says", [
+    ("cityscapes_linear", "protocol.iterations=0", "iterations: must be >= 1, got 0"),
+    ("cityscapes_linear", "protocol.iterations=-5", "iterations: must be >= 1, got -5"),
+    ("cityscapes_linear", "protocol.checkpoint_every=0", "checkpoint_every: must be >= 1"),
+    ("cityscapes_linear", "protocol.batch_size=0", "batch_size: must be >= 1"),
+    ("cityscapes_linear", "protocol.lr=.nan", "lr: must be > 0"),
+    ("cityscapes_linear", "protocol.momentum=1", "momentum: must be in [0, 1)"),
+    ("cityscapes_linear", "protocol.iterations=2.5", "iterations: expected int"),
+    ("cityscapes_linear", "protocol.crop=[0, 64]", "crop: two whole numbers >= 1"),
+    ("cityscapes_linear", "protocol.resize={short_side: [96, 64]}", "short_side: [min, max]"),
+    ("cityscapes_linear", "eval.stride=[0, 8]", "eval.stride: two whole numbers"),
+    ("bdd_det_c4", "protocol.epochs=0", "epochs: must be > 0"),
+    ("bdd_det_c4", "protocol.warmup_factor=0", "warmup_factor: must be in (0, 1]"),
+    ("cityscapes_knn", "protocol.k=0", "k: must be >= 1"),
+    ("cityscapes_knn", "protocol.temperature=0", "temperature: must be > 0"),
+])
+def test_numbers_out_of_range_fail_naming_the_key_and_the_range(suite, override, says):
+    with pytest.raises(SuiteError) as e:
+        resolve_suite(suite, scale="smoke", overrides=[override])
+    assert says in str(e.value)

@@ -1,3 +1,7 @@
+import json
+import shutil
+import subprocess
+
 import pytest
 import torch
 import yaml
@@ -5,6 +9,7 @@ import yaml
 from benchmarks.cli import main as bench
 from pretrain.config import ConfigError, apply_overrides, load_preset, resolve
 from pretrain.methods import METHODS, get_method_class
+from tests.helpers import truncated_but_opening_copy
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -54,8 +59,14 @@ def test_bench_pretrain_runs_resumes_and_exports(tiny_root, tmp_path, capsys):
             "--no-progress", "schedule.steps=3", "schedule.checkpoint_every=1"]
     assert bench(argv + ["--stop-after", "2"]) == 0
     assert "stopped; rerun" in capsys.readouterr().out and not (out / "backbone.pth").exists()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (out / f".pretrain_state.pth.{dead.pid}.tmp").write_bytes(b"killed mid-write")
     assert bench(argv) == 0
-    assert "resuming pretraining from step 2" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "resuming pretraining from step 2" in printed
+    assert "removed 1 temporary file(s) of killed runs" in printed
+    assert not list(out.rglob("*.tmp"))
     ck = torch.load(out / "backbone.pth", weights_only=True)
     assert ck["format"] == "flowssl-backbone/1" and ck["meta"]["method"] == "poodle"
     assert ck["decoder"]["kind"] == "sdm" and "laterals.0.weight" in ck["decoder"]["state_dict"]
@@ -74,12 +85,69 @@ def test_pretrain_help_lists_methods(capsys):
     assert "poodle" in capsys.readouterr().out
 
 
-def test_dataloader_workers_do_not_change_what_is_trained(tiny_root, tmp_path):
+def test_workers_and_resume_do_not_change_what_is_trained_even_with_bad_videos(
+        tiny_root, tmp_path):
+    """A truncated video that still opens, a non-video and an empty file among the videos:
+    0 or 1 DataLoader workers, and an interrupted run resumed, train the same weights and
+    count the same skipped reads."""
+    videos = tmp_path / "videos"
+    shutil.copytree(tiny_root / "bdd100k" / "videos", videos)
+    good = sorted(videos.rglob("*.mov"))[0]
+    for k in range(3):
+        truncated_but_opening_copy(good, videos / "train" / f"truncated{k}.mp4")
+    (videos / "train" / "notes.mp4").write_text("not a video")
+    (videos / "train" / "empty.mov").write_bytes(b"")
     runs = {}
-    for workers in (0, 1):
-        out = tmp_path / f"w{workers}"
-        assert bench(["pretrain", "--method", "byol_video", "--preset", "smoke", "--videos",
-                      str(tiny_root / "bdd100k" / "videos"), "--out", str(out), "--no-progress",
-                      "--workers", str(workers), "schedule.steps=2"]) == 0
-        runs[workers] = torch.load(out / "backbone.pth", weights_only=True)["state_dict"]
-    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    for name, workers, stops in (("w0", 0, ()), ("w1", 1, ()), ("resumed", 0, (2,))):
+        out = tmp_path / name
+        argv = ["pretrain", "--method", "byol_video", "--preset", "smoke", "--videos",
+                str(videos), "--out", str(out), "--no-progress", "--workers", str(workers),
+                "schedule.steps=3", "schedule.checkpoint_every=1"]
+        for stop in stops:
+            assert bench(argv + ["--stop-after", str(stop)]) == 0
+        assert bench(argv) == 0
+        runs[name] = (torch.load(out / "backbone.pth", weights_only=True)["state_dict"],
+                      [c["skipped_videos"] for c in json.loads((out / "curve.json").read_text())])
+    weights, skips = runs["w0"]
+    assert sum(skips) > 0  # bad files were met
+    for name in ("w1", "resumed"):
+        assert runs[name][1] == skips
+        assert all(torch.equal(weights[k], runs[name][0][k]) for k in weights)
+
+
+@pytest.mark.parametrize("override, says", [
+    ("schedule.steps=0", "schedule.steps: must be a whole number >= 1, got 0"),
+    ("schedule.steps=-3", "schedule.steps: must be a whole number >= 1"),
+    ("schedule.batch_size=0", "schedule.batch_size: must be a whole number >= 1"),
+    ("schedule.checkpoint_every=0", "schedule.checkpoint_every: must be a whole number"),
+    ("schedule.lr=0", "schedule.lr: must be > 0"),
+    ("schedule.ema_base=1.5", "schedule.ema_base: must be in [0, 1]"),
+    ("schedule.optimizer=sgd", "schedule.optimizer: 'sgd' is not one of lars, adamw"),
+    ("schedule.epochs=0", "schedule.epochs: must be > 0"),
+    ("data.repeats=0", "data.repeats: must be a whole number >= 1"),
+    ("data.dt_frames=[3, 1]", "data.dt_frames: a whole number > 0 or a [min, max]"),
+    ("model.view_size=[0, 16]", "model.view_size: [height, width], whole numbers >= 1"),
+    ("model.crop_scale=[1.25, 0.75]", "model.crop_scale: [min, max], numbers > 0"),
+    ("model.rotation=.nan", "model.rotation: must be >= 0, got nan"),
+    ("model.hidden=0", "model.hidden: must be a whole number >= 1"),
+])
+def test_numbers_out_of_range_fail_naming_the_key_and_the_range(override, says):
+    config = apply_overrides(load_preset("flowe", "smoke"), [override])
+    with pytest.raises(ConfigError) as e:
+        resolve("flowe", config, num_videos=4, seed=0)
+    assert says in str(e.value) and str(e.value).startswith("flowe config.")
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["run", "--suite", "cityscapes_linear", "--checkpoint", "x.pth", "--seeds", "0"],
+     "argument --seeds: 0 is less than 1"),
+    (["pretrain", "--method", "byol", "--videos", "v", "--out", "o", "--workers", "-1"],
+     "argument --workers: -1 is less than 0"),
+    (["run", "--suite", "cityscapes_linear", "--checkpoint", "x.pth", "--seeds", "two"],
+     "argument --seeds: 'two' is not a whole number"),
+])
+def test_bad_counts_on_the_command_line_are_one_line_errors(argv, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and says in err and len(err.splitlines()) == 1

@@ -1,5 +1,6 @@
 import json
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -43,8 +44,9 @@ def test_bad_videos_are_skipped_and_counted(backend, videos_with_bad_files):
     assert "4 of 7 videos usable; skipped 3" in source.summary()
     batch = collate_pairs(items)
     assert batch["frames"].shape[:3] == (7, 2, 2)
-    # met while sampling (the empty file was never tried)
-    assert {p.split("/")[-1] for p in batch["skipped"]} == {"truncated.mov", "notes.mp4"}
+    # every draw of a bad file is in the items, whether this process knew it or not
+    assert {p.split("/")[-1] for p in batch["skipped"]} == {"truncated.mov", "notes.mp4",
+                                                          "empty.mov"}
 
 
 def test_pairs_follow_dt_and_seed(videos, tiny_world):
@@ -87,14 +89,29 @@ def test_bench_flow_precompute_resume_info_show(videos, tmp_path, capsys):
     args = ["flow", "precompute", "--videos", str(videos), "--estimator", "gt", "--out",
             str(out), "--dt", "1", "2", "--every", "3"]
     assert main(args) == 0
-    assert "cached 4 of 4 videos" in capsys.readouterr().out
+    assert "cached 4 new and 0 earlier of 4 videos" in capsys.readouterr().out
     cache = FlowCache(out)
     info = cache.info()
     assert info["pairs"] > 0 and info["ratio"] < 0.1 and info["max_abs_error_px"] <= 1 / 16
     video = cache.videos()[0]
     meta = (out / video / "meta.json").stat().st_mtime_ns
-    assert main(args) == 0  # resumes: nothing recomputed
-    assert (out / video / "meta.json").stat().st_mtime_ns == meta
+    # a run killed mid-write left a temporary file; then an empty video and a folder
+    # named like one appear among the videos
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = out / video / f".0_1.png.{dead.pid}.tmp"
+    stale.write_bytes(b"half a file")
+    more = tmp_path / "more_videos"
+    shutil.copytree(videos, more)
+    (more / "train" / "empty.mov").write_bytes(b"")
+    (more / "train" / "folder.mov").mkdir()
+    with pytest.warns(UserWarning):
+        assert main([*args[:3], str(more), *args[4:]]) == 0  # resumes: nothing recomputed
+    printed = capsys.readouterr().out
+    assert "cached 0 new and 4 earlier of 5 videos" in printed
+    assert "1 skipped, 1 not videos" in printed and "empty: skipped: zero bytes" in printed
+    assert "folder.mov: a folder named like a video" in printed
+    assert (out / video / "meta.json").stat().st_mtime_ns == meta and not stale.exists()
     assert main(["flow", "info", str(out)]) == 0
     assert "mean end-point error" in capsys.readouterr().out
     # the sampler draws cached pairs and carries their flow
@@ -132,5 +149,5 @@ def test_bad_videos_do_not_stop_dataloader_workers(videos_with_bad_files):
                                          collate_fn=collate_pairs)
     batches = list(loader)
     assert sum(len(b["video"]) for b in batches) == 7
-    assert {p.split("/")[-1] for b in batches for p in b["skipped"]} == {"truncated.mov",
-                                                                         "notes.mp4"}
+    assert {p.split("/")[-1] for b in batches for p in b["skipped"]} == {
+        "truncated.mov", "notes.mp4", "empty.mov"}

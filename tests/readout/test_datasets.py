@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from readout.datasets import (DATASETS, LayoutError, PairMismatchError, build_dataset,
+from readout.datasets import (DATASETS, CorruptFileError, LayoutError, build_dataset,
                               get_dataset_class)
 from readout.datasets.classes import (ADE20K_CLASSES, CITYSCAPES_CLASSES,
                                       cityscapes_label_to_train_lut)
@@ -131,16 +131,29 @@ def test_missing_label_fails_or_is_skipped(tmp_path):
     assert len(ds) == 1 and [p.kind for p in ds.skipped] == ["missing_label"]
 
 
-def test_size_mismatch_names_both_files(tmp_path):
+def test_size_mismatch_fails_before_any_read_naming_both_files(tmp_path):
     _cityscapes_fixture(tmp_path, np.full((4, 16), 7, np.uint8))  # label shorter than image
-    ds = build_dataset("cityscapes", tmp_path, "train")
-    with pytest.raises(PairMismatchError) as e:
-        ds[0]
+    with pytest.raises(LayoutError) as e:
+        build_dataset("cityscapes", tmp_path, "train")
+    assert "[size_mismatch]" in str(e.value) and "--skip-bad" in str(e.value)
     assert "leftImg8bit.png" in str(e.value) and "gtFine_labelIds.png" in str(e.value)
-    problems = ds.validate()
-    assert [p.kind for p in problems] == ["size_mismatch"]
     skipping = build_dataset("cityscapes", tmp_path, "train", skip_bad=True)
     assert len(skipping) == 0 and skipping.skipped[0].kind == "size_mismatch"
+    assert skipping.validate() == []
+
+
+def test_a_truncated_label_is_found_by_decoding_and_named_when_read(tmp_path):
+    _cityscapes_fixture(tmp_path, np.full((8, 16), 7, np.uint8))
+    (label,) = (tmp_path / "gtFine" / "train").rglob("*_labelIds.png")
+    data = label.read_bytes()
+    label.write_bytes(data[: len(data) - 20])  # the header survives, the data do not
+    ds = build_dataset("cityscapes", tmp_path, "train")  # headers alone look fine
+    with pytest.raises(CorruptFileError, match=f"cannot decode label {label}.*bench data check"):
+        ds[0]
+    with pytest.raises(LayoutError, match="\\[corrupt\\].*does not decode"):
+        build_dataset("cityscapes", tmp_path, "train", check="decode")
+    checked = build_dataset("cityscapes", tmp_path, "train", check="decode", skip_bad=True)
+    assert len(checked) == 0 and checked.skipped[0].kind == "corrupt"
 
 
 def test_detection_loader_boxes_are_continuous_xyxy(tmp_path):

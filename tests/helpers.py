@@ -1,0 +1,40 @@
+"""Helpers that several test modules share."""
+import socket
+
+SUITE = "cityscapes_linear"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def smoke_run(ckpt, root, runs, uri, *extra) -> int:
+    """`bench run` of the smoke-scale cityscapes_linear suite, in-process."""
+    from benchmarks.cli import main
+    return main(["run", "--suite", SUITE, "--checkpoint", str(ckpt), "--data-root", str(root),
+                 "--scale", "smoke", "--device", "cpu", "--out", str(runs),
+                 "--tracking-uri", uri, *extra])
+
+
+def truncated_but_opening_copy(video, out, keep: float = 0.5) -> None:
+    """`video` re-encoded with its index first (faststart) and cut to `keep` of its bytes:
+    it opens and its first frames decode, later frames fail (a download cut short)."""
+    import av
+    with av.open(str(video)) as src:
+        stream = src.streams.video[0]
+        rate = int(round(stream.average_rate or 10))
+        frames = [f.to_ndarray(format="rgb24") for f in src.decode(stream)]
+    tmp = str(out) + ".full.mp4"
+    with av.open(tmp, "w", options={"movflags": "faststart"}) as dst:
+        enc = dst.add_stream("mpeg4", rate=rate)
+        enc.height, enc.width = frames[0].shape[:2]
+        enc.pix_fmt = "yuv420p"
+        for frame in frames:
+            dst.mux(enc.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        dst.mux(enc.encode())
+    data = open(tmp, "rb").read()
+    open(out, "wb").write(data[: int(len(data) * keep)])
+    import os
+    os.unlink(tmp)
