@@ -44,8 +44,11 @@ class TrackingUnavailable(RuntimeError):
 
 
 def store_uri(uri: str | None = None) -> str:
-    """`uri`, else $MLFLOW_TRACKING_URI, else the SQLite store ``./mlruns/mlflow.db``."""
+    """`uri`, else $MLFLOW_TRACKING_URI, else the SQLite store ``./mlruns/mlflow.db``. A
+    plain folder (``demo/mlruns``) means the SQLite store in it."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and "://" not in uri:
+        return sqlite_uri(uri)
     return uri or sqlite_uri(DEFAULT_STORE)
 
 

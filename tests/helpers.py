@@ -38,3 +38,12 @@ def truncated_but_opening_copy(video, out, keep: float = 0.5) -> None:
     open(out, "wb").write(data[: int(len(data) * keep)])
     import os
     os.unlink(tmp)
+
+
+def lighter_detector(model, rois: int = 64, proposals: int = 100):
+    """Fewer sampled RoIs per training image and fewer test proposals than detectron2's 512
+    and 1,000: a C4 box head runs res5 on each, which dominates a CPU test's time. What the
+    tests check (losses, which modules train, resume, COCO output) does not depend on it."""
+    model.roi_heads.fg_bg_sampler.batch_size_per_image = rois
+    model.rpn._post_nms_top_n = {**model.rpn._post_nms_top_n, "testing": proposals}
+    return model

@@ -62,7 +62,8 @@ def cmd_demo(args) -> int:
           f"smoke-scale pretraining and readouts on a procedural world, not Cityscapes.")
     print(f"[demo] leaderboards: {out / 'summary' / 'leaderboard.csv'} (mean ± std per "
           f"method), {out / 'leaderboard.csv'} (MLflow, per checkpoint)\n"
-          f"[demo] open the MLflow UI:  bench ui --tracking-uri {study.uri}")
+          f"[demo] open the MLflow UI:  bench ui --tracking-uri "
+          f"{args.tracking_uri or out / 'mlruns'}")
     return 0
 
 

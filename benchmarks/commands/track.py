@@ -90,11 +90,16 @@ def cmd_leaderboard(args) -> int:
     from ..leaderboard import chart, leaderboard, metric_columns, to_table
     if args.suite not in suite_names():
         raise UserError(f"unknown suite {args.suite!r}; known: {', '.join(suite_names())}")
-    rows = leaderboard(args.suite, _tracker(args.tracking_uri), published=args.published,
+    tracker = _tracker(args.tracking_uri)
+    rows = leaderboard(args.suite, tracker, published=args.published,
                        synthetic=args.synthetic)
     if not rows:
-        print(f"no results for {args.suite}" + (" (synthetic)" if args.synthetic else "")
-              + " yet: run `bench run --suite ...` first")
+        hint = "run `bench run --suite ...` first"
+        if not args.synthetic and tracker.parent_runs(args.suite, True):
+            hint = ("results on the SYNTHETIC world exist (e.g. from `bench demo`): add "
+                    "--synthetic to see them")
+        print(f"no results for {args.suite}" + (" (synthetic)" if args.synthetic else
+                                                 " on real data") + f" yet: {hint}")
         return 0
     header, body = to_table(rows, per_class=args.per_class)
     main = (metric_columns(rows) or ["mIoU"])[0]

@@ -1,8 +1,12 @@
 import csv
 import io
+import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -68,43 +72,108 @@ def test_unknown_dataset_choice_is_rejected(capsys):
     assert "cityscapes" in capsys.readouterr().err
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+# README commands that are not run here, and why; every other `bench` command of README
+# runs as written (in README order, after the demo, with BENCH_DATA=demo/data)
+NOT_RUN = {
+    "bench checkpoint scratch --arch resnet50 --out scratch.pth": "ResNet-50, paper scale",
+    "bench run --suite cityscapes_linear --checkpoint scratch.pth --data-root $BENCH_DATA":
+        "paper scale: 40,000 iterations on real Cityscapes",
+    "bench run --suite bdd_det_c4 --checkpoint scratch.pth --data-root $BENCH_DATA":
+        "paper scale on real BDD100K",
+    "bench flow precompute --videos bdd100k/videos/train --estimator dis --out flowcache "
+    "--dt 15 --every 15 --workers 8": "real BDD100K videos",
+    "bench flow info flowcache": "needs the cache above",
+    "bench flow show --videos bdd100k/videos/val --t 100 --dt 15 --out pair.png":
+        "real BDD100K videos",
+    "bench pretrain --method poodle --videos bdd100k/videos/train --flow raft_large "
+    "--flow-weights raft_large_C_T_SKHT_V2-ff5fadd5.pth --out runs/poodle":
+        "paper recipe: GPUs, RAFT weights, BDD100K",
+    "torchrun --nproc-per-node 8 -m pretrain --method flowe --videos ... --flow "
+    "cache:flowcache --sync-bn --workers 4 --out runs/flowe": "8 GPUs",
+    "bench study --preset tiny --out study_tiny": "the demo ran this study; its rerun is "
+                                                  "checked above",
+    "bench study --preset cpu --out study_cpu --export results/study/cpu": "77 min",
+    "bench study --preset gpu --out study_gpu": "a GPU",
+    "bench study --preset cpu --out study_cpu --methods scratch flowe --seeds 1": "20 min",
+    "bench run --suite bdd_linear --checkpoint poodle.pth --seeds 3": "a PooDLe checkpoint "
+                                                                     "on real BDD100K",
+    "bench run --suite bdd_linear --checkpoint poodle.pth --force": "the same",
+    "bench ui": "serves until stopped (tests/reliability/test_ui.py starts and stops it)",
+    "bench ui --tracking-uri demo/mlruns": "the same; its --print-command form is run",
+}
+
+
+def readme_commands() -> list[str]:
+    """Every command line of README's bash blocks (continuations joined, comments cut),
+    except the install block."""
+    text = README.read_text()
+    text = text.split("<!-- commands:end -->", 1)[1]
+    out = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line:
+                out.append(" ".join(line.split()))
+    return out
+
+
 @pytest.mark.slow
-def test_console_script_demo_end_to_end_and_the_tiny_study_is_then_a_no_op(tmp_path, capsys,
-                                                                          monkeypatch):
+def test_console_script_demo_end_to_end_then_the_readme_commands_as_written(
+        tmp_path, capsys, monkeypatch):
     """The installed `bench` entry point, as the README runs it (tiny world here): loader
     checks, class statistics and the `tiny` learning study (every method, Scratch and
     Supervised, each read out on three suites). `bench study --preset tiny` on the same
-    folder afterwards is the same study: it must train and log nothing."""
-    exe = shutil.which("bench") or str(__import__("pathlib").Path(sys.executable).with_name(
-        "bench"))
+    folder afterwards is the same study: it must train and log nothing. Then every cheap
+    command of README runs as written."""
+    exe = shutil.which("bench") or str(Path(sys.executable).with_name("bench"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the demo's own store: <out>/mlruns
-    run = subprocess.run([exe, "demo", "--preset", "tiny", "--out", str(tmp_path)],
+    demo = tmp_path / "demo"
+    run = subprocess.run([exe, "demo", "--preset", "tiny", "--out", "demo"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "SYNTHETIC" in run.stdout
-    assert (tmp_path / "stats" / "bdd100k_synthetic_train.csv").is_file()
+    assert "bench ui --tracking-uri demo/mlruns" in run.stdout
+    assert (demo / "stats" / "bdd100k_synthetic_train.csv").is_file()
     labels = sorted(["BYOL", "BYOL (crop)", "BYOL (crop w/ video)", "FlowE", "PooDLe",
                      "Scratch", "Supervised (world labels)"])
-    board = (tmp_path / "leaderboard.csv").read_text()  # MLflow, one row per checkpoint
+    board = (demo / "leaderboard.csv").read_text()  # MLflow, one row per checkpoint
     rows = list(csv.DictReader(io.StringIO(board)))
     assert sorted(r["method"] for r in rows) == labels
     assert all(r["source"] == "ours (SYNTHETIC world)" and float(r["mIoU"]) >= 0 for r in rows)
-    study = list(csv.DictReader((tmp_path / "summary" / "leaderboard.csv").open()))
+    study = list(csv.DictReader((demo / "summary" / "leaderboard.csv").open()))
     assert len(study) == 3 * 7 and {r["seeds"] for r in study} == {"1"}
     assert sorted({r["method"] for r in study}) == labels
     assert {r["suite"] for r in study} == {"cityscapes_linear", "bdd_linear", "cityscapes_knn"}
-    assert (tmp_path / "summary" / "leaderboard.png").is_file()
-    health = list(csv.DictReader((tmp_path / "summary" / "pretrain_health.csv").open()))
+    assert (demo / "summary" / "leaderboard.png").is_file()
+    health = list(csv.DictReader((demo / "summary" / "pretrain_health.csv").open()))
     assert {r["method"] for r in health} >= {"flowe", "poodle"}
     assert all(float(r["rankme"]) >= 1 for r in health if r["method"] != "supervised")
     assert run.stdout.count("[mlflow] logged") == 6 + 21  # 6 pretraining + 21 readout runs
-    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
+    assert (demo / "mlruns" / "mlflow.db").is_file()
     capsys.readouterr()
-    assert main(["study", "--preset", "tiny", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert main(["study", "--preset", "tiny", "--out", str(demo), "--no-progress"]) == 0
     again = capsys.readouterr().out
     assert "reusing" in again and "[mlflow] logged" not in again and "$ bench" not in again
     assert again.count("is already finished") == 21 and again.count("is pretrained") == 6
-    assert (tmp_path / "leaderboard.csv").read_text() == board
+    assert (demo / "leaderboard.csv").read_text() == board
+
+    commands = readme_commands()
+    assert set(NOT_RUN) <= set(commands), set(NOT_RUN) - set(commands)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BENCH_DATA", "demo/data")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "readme_store")
+    ran = []
+    for command in commands:
+        if command in NOT_RUN:
+            continue
+        argv = shlex.split(os.path.expandvars(command))
+        assert argv[0] == "bench", f"README command {command!r} is neither run nor in NOT_RUN"
+        assert main(argv[1:]) == 0, (command, capsys.readouterr().err)
+        ran.append(command)
+    assert len(ran) >= 10
+    assert main(["ui", "--tracking-uri", "demo/mlruns", "--print-command"]) == 0
+    assert str(demo / "mlruns" / "mlflow.db") in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, says", [

@@ -8,6 +8,7 @@ from benchmarks.cli import main
 from benchmarks.suite import load_suite, suite_names
 from readout.detection import DETECTORS
 from readout.heads import HEADS
+from tests.helpers import lighter_detector
 
 
 @pytest.fixture
@@ -40,7 +41,11 @@ def test_run_smoke_writes_the_record(head, tiny_root, r18_path, tmp_path, capsys
 
 @pytest.mark.parametrize("head", sorted(DETECTORS))
 def test_detection_smoke_run_gives_finite_coco_metrics(head, tiny_root, r18_path, tmp_path,
-                                                       capsys):
+                                                       capsys, monkeypatch):
+    import readout.detection
+    build = readout.detection.build_detection_model
+    monkeypatch.setattr(readout.detection, "build_detection_model",
+                        lambda *a, **k: lighter_detector(build(*a, **k)))
     (suite,) = [n for n in suite_names() if load_suite(n)["head"] == head]
     assert main(["run", "--suite", suite, "--checkpoint", str(r18_path), "--data-root",
                  str(tiny_root), "--scale", "smoke", "--device", "cpu",

@@ -10,6 +10,7 @@ from readout.datasets import build_dataset
 from readout.datasets.bdd100k import det_to_coco
 from readout.detection import DETECTORS, AlignedRoIPooler, build_detection_model
 from readout.train import ReadoutSchedule, evaluate_detection, learning_rate, train_readout
+from tests.helpers import lighter_detector
 
 # What each readout trains, stated independently of the code's trainable_prefixes:
 # FlowE Sec. 4.2 (C4: "a small convnet RPN and two linear layers"), FPN: FPN + RPN + box head.
@@ -25,7 +26,8 @@ SCHEDULE = dict(iterations=4, batch_size=2, lr=0.02, momentum=0.9, weight_decay=
 
 def _model(head, seed=0):
     torch.manual_seed(seed)
-    return build_detection_model(scratch_checkpoint("resnet18"), head, 10, log=lambda *_: None)
+    return lighter_detector(build_detection_model(scratch_checkpoint("resnet18"), head, 10,
+                                                  log=lambda *_: None))
 
 
 def _gt_results(ds):
@@ -181,7 +183,7 @@ def test_evaluation_and_bf16_autocast_keep_boxes_in_fp32(tiny_root):
     from readout.transforms import to_tensor
     x = to_tensor(ds[0]["image"])
     # bf16 convolutions are slow on CPU: res5 on 1,000 proposals took a minute
-    model.rpn._post_nms_top_n = {**model.rpn._post_nms_top_n, "testing": 8}
+    lighter_detector(model, proposals=8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         feats = model.backbone(x[None])
         logits, deltas = model.rpn.head(list(feats.values()))
