@@ -149,23 +149,42 @@ def leaderboard(suite_name: str, tracker, *, published: bool, synthetic: bool) -
                          "drop --published or --synthetic")
     suite = load_suite(suite_name)
     rows = our_rows(tracker, suite_name, synthetic)
-    return rows + (published_rows(suite) if published else [])
+    return sort_by_main_metric(rows + (published_rows(suite) if published else []))
 
 
-def metric_columns(rows: list[Row], per_class: bool = False) -> list[str]:
+def sort_by_main_metric(rows: list[Row]) -> list[Row]:
+    """Best first on the leaderboard's main metric (mIoU, or mAP); rows without it last."""
+    main = (metric_columns(rows) or ["mIoU"])[0]
+    return sorted(rows, key=lambda r: (main not in r.cells,
+                                       -r.cells[main].mean if main in r.cells else 0.0))
+
+
+def metric_columns(rows: list[Row], per_class: bool = False, classes=()) -> list[str]:
+    """The summary metrics in METRIC_ORDER, then (with `per_class`) the per-class columns
+    in the dataset's class order (``IoU_road`` before ``IoU_sidewalk``)."""
     names = {n for r in rows for n in r.cells}
     ordered = [m for m in METRIC_ORDER if m in names]
     if per_class:
-        ordered += sorted(n for n in names if n not in METRIC_ORDER)
+        others = sorted(n for n in names if n not in METRIC_ORDER)
+        prefixes = sorted({n.split("_", 1)[0] for n in others})
+        # every class gets its column, also one absent from every row's evaluation images
+        ordered += [f"{p}_{c}" for p in prefixes for c in classes]
+        ordered += [n for n in others if n not in ordered]
     return ordered
 
 
 FRONT = ("source", "method", "arch", "epochs", "pretrain_data", "init", "seeds", "checkpoint")
 
 
-def to_table(rows: list[Row], per_class: bool = False) -> tuple[list[str], list[list[str]]]:
-    metrics = metric_columns(rows, per_class)
-    body = [[str(getattr(r, k)) for k in FRONT] + [str(r.cells.get(m, "")) for m in metrics]
+def to_table(rows: list[Row], per_class: bool = False,
+             classes=()) -> tuple[list[str], list[list[str]]]:
+    """Cells as text; a per-class column that one of our rows lacks is a class absent from
+    its evaluation images: "absent", never 0."""
+    metrics = metric_columns(rows, per_class, classes)
+    summary = set(METRIC_ORDER)
+    body = [[str(getattr(r, k)) for k in FRONT]
+            + [str(r.cells[m]) if m in r.cells else
+               ("absent" if r.ours and m not in summary else "") for m in metrics]
             for r in rows]
     return list(FRONT) + metrics, body
 

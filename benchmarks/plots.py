@@ -23,11 +23,17 @@ def _save(fig, path) -> Path:
 
 
 def per_class_bars(names: list[str], values: list[float], metric: str, path, title: str):
-    """One bar per class; classes without a value (NaN) are drawn as an empty slot."""
+    """One bar per class; a class absent from the evaluation images (NaN) is marked
+    "absent" above an empty slot, never drawn as 0."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(names)), 3.2))
-    shown = [0.0 if v is None or math.isnan(v) else v for v in values]
+    absent = [v is None or math.isnan(v) for v in values]
+    shown = [0.0 if a else v for v, a in zip(values, absent)]
     ax.bar(range(len(names)), shown, color="tab:blue")
+    for i, a in enumerate(absent):
+        if a:
+            ax.text(i, 2, "absent", rotation=90, ha="center", va="bottom", fontsize=7,
+                    color="gray")
     ax.set_xticks(range(len(names)), names, rotation=70, ha="right", fontsize=8)
     ax.set_ylabel(metric)
     ax.set_ylim(0, 100)
@@ -53,29 +59,44 @@ def confusion_matrix(confusion, names: list[str], path, title: str):
     return _save(fig, path)
 
 
-def class_colours(num_classes: int, ignore_index: int = 255) -> np.ndarray:
-    """[256, 3] uint8 colours: tab20 cycled over classes, black for the ignore index."""
-    plt = _pyplot()
+def class_colours(num_classes: int, palette=None, ignore_index: int = 255) -> np.ndarray:
+    """[256, 3] uint8 colours: the dataset's palette (Cityscapes / BDD100K), else distinct
+    colours spread over hue; black for the ignore index."""
+    import colorsys
     table = np.zeros((256, 3), np.uint8)
-    cmap = plt.get_cmap("tab20")
     for c in range(num_classes):
-        table[c] = (np.array(cmap(c % 20)[:3]) * 255).astype(np.uint8)
+        if palette is not None:
+            table[c] = palette[c]
+        else:  # golden-ratio hues, three brightness levels: 150 ADE20K classes stay apart
+            r, g, b = colorsys.hsv_to_rgb((c * 0.618034) % 1.0, 0.65, (1.0, 0.75, 0.5)[c % 3])
+            table[c] = (np.array([r, g, b]) * 255).astype(np.uint8)
     table[ignore_index] = 0
     return table
 
 
-def qualitative(image: np.ndarray, label: np.ndarray, pred: np.ndarray, num_classes: int,
+def qualitative(image: np.ndarray, label: np.ndarray, pred: np.ndarray, classes, palette,
                 path, title: str):
-    """image | ground truth | prediction, side by side (image uint8 [H, W, 3])."""
+    """image | ground truth | prediction in the dataset's colours, with a legend of every
+    class that appears in either (ignored pixels black); each panel 6 inches wide."""
     plt = _pyplot()
-    colours = class_colours(num_classes)
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3 * image.shape[0] / image.shape[1] + 0.5))
+    from matplotlib.patches import Patch
+    colours = class_colours(len(classes), palette)
+    height = 6 * image.shape[0] / image.shape[1]
+    fig, axes = plt.subplots(1, 3, figsize=(18, height + 1.6))
     for ax, pic, name in zip(axes, (image, colours[label], colours[pred]),
                              ("image", "ground truth", "prediction")):
-        ax.imshow(pic)
-        ax.set_title(name, fontsize=8)
+        ax.imshow(pic, interpolation="nearest")
+        ax.set_title(name, fontsize=11)
         ax.axis("off")
-    fig.suptitle(title, fontsize=9)
+    shown = sorted(set(np.unique(label).tolist()) | set(np.unique(pred).tolist()))
+    handles = [Patch(color=colours[c] / 255, label=classes[c]) for c in shown
+               if c < len(classes)]
+    if 255 in shown:
+        handles.append(Patch(color="black", label="ignored"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(8, max(1, len(handles))),
+               fontsize=9, frameon=False)
+    fig.suptitle(title, fontsize=12)
+    fig.subplots_adjust(bottom=0.08 + 0.04 * math.ceil(len(handles) / 8))
     return _save(fig, path)
 
 

@@ -164,6 +164,7 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
     from readout.train import ReadoutSchedule, train_readout, world
     import torch
 
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     root = data_root(data_root_dir)
     ckpt = read_checkpoint(checkpoint_path)
     sha = file_sha256(checkpoint_path)
@@ -221,7 +222,7 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
         "loss_curve": curve, "seconds": {"train": round(train_s, 2),
                                          "eval": round(time.perf_counter() - t0, 2)},
         "device": str(device), "host": platform.node(), "run_dir": str(run_dir),
-        "git_sha": git_sha(),
+        "git_sha": git_sha(), "started": started,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if world()[0] > 0:  # under torchrun only rank 0 writes the record
@@ -291,8 +292,8 @@ def _segmentation(resolved, ckpt, train_set, run_dir, log):
                                mode=ev.get("mode", "whole"), crop=ev.get("crop"),
                                stride=ev.get("stride"))
             plots.qualitative(item["image"], item["label"], pred.cpu().numpy(),
-                              train_set.num_classes, folder / f"{i:02d}.png",
-                              f"{title}, image {i}")
+                              train_set.classes, getattr(train_set, "palette", None),
+                              folder / f"{i:02d}.png", f"{title}, image {i}")
 
     return model, evaluate_fn, extra, illustrate
 

@@ -155,8 +155,9 @@ class Tracker:
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
         return list(self.client.search_runs(ids, filter_string=query, max_results=5000))
 
-    def _new_run(self, exp_id: str, name: str, tags: dict, params: dict):
-        run = self.client.create_run(exp_id, run_name=name, tags=tags)
+    def _new_run(self, exp_id: str, name: str, tags: dict, params: dict,
+                 start_time: int | None = None):
+        run = self.client.create_run(exp_id, run_name=name, tags=tags, start_time=start_time)
         self._log_params(run.info.run_id, params)
         return run.info.run_id
 
@@ -229,7 +230,8 @@ class Tracker:
                 exp, f"seed {record['seed']}",
                 {**tags, "bench_kind": "seed", "bench_record": record["record_id"],
                  "seed": str(record["seed"]), "finished": record.get("finished", ""),
-                 "mlflow.parentRunId": parent}, {**params, "seed": str(record["seed"])})
+                 "mlflow.parentRunId": parent}, {**params, "seed": str(record["seed"])},
+                start_time=epoch_ms(record.get("started")))
             per_class = {f"{record['per_class_metric']}_{c}": v
                          for c, v in record["per_class"].items()}
             self._log_metrics(child, {**record["metrics"], **per_class,
@@ -243,9 +245,11 @@ class Tracker:
                            and p.suffix in ARTIFACT_SUFFIXES and p.name != SYNC_NAME
                            and not p.name.startswith("."))
             self._log_files(child, run_dir, files)
-            self.client.set_terminated(child, "FINISHED")
+            # the run's duration in the UI is the readout's own, not the logging's
+            self.client.set_terminated(child, "FINISHED",
+                                       end_time=epoch_ms(record.get("finished")))
         self._retire_older_seeds(exp, key, record)
-        self._aggregate(parent, exp)
+        self._aggregate(parent, exp, record["per_class_metric"], list(record["per_class"]))
         return child
 
     def _complete_run(self, exp: str, record_id: str) -> str | None:
@@ -270,8 +274,11 @@ class Tracker:
                     and tags.get("finished", "") < record.get("finished", "")):
                 self.client.delete_run(run.info.run_id)
 
-    def _aggregate(self, parent: str, exp: str) -> None:
-        """Parent metrics: the mean over its seeds, ``<name>_std`` the sample std."""
+    def _aggregate(self, parent: str, exp: str, per_class_metric: str = "",
+                   classes: list[str] = ()) -> None:
+        """Parent metrics: the mean over its seeds, ``<name>_std`` the sample std; and
+        ``per_class_mean.csv``, the per-class table of the mean in the dataset's class
+        order (a class no seed saw is "absent")."""
         children = [r for r in self._runs([exp], **{"mlflow.parentRunId": parent})
                     if r.info.status == "FINISHED"]
         values: dict[str, list[float]] = {}
@@ -284,6 +291,14 @@ class Tracker:
             summary[k] = statistics.fmean(vs)
             summary[f"{k}_std"] = statistics.stdev(vs) if len(vs) > 1 else 0.0
         self._log_metrics(parent, summary)
+        if classes:
+            lines = [f"class,{per_class_metric},{per_class_metric}_std,seeds"]
+            for c in classes:
+                vs = values.get(metric_key(f"{per_class_metric}_{c}"), [])
+                lines.append(f"{c},{statistics.fmean(vs):.4f},"
+                             f"{statistics.stdev(vs) if len(vs) > 1 else 0.0:.4f},{len(vs)}"
+                             if vs else f"{c},absent,,0")
+            self.client.log_text(parent, "\n".join(lines) + "\n", "per_class_mean.csv")
         self.client.set_tag(parent, "seeds", str(len(children)))
         self.client.set_terminated(parent, "FINISHED")
 
@@ -310,8 +325,10 @@ class Tracker:
                 "checkpoint_sha256": record["checkpoint_sha256"],
                 "git_sha": record["git_sha"], "synthetic": str(record["synthetic"]).lower(),
                 "bench_kind": "pretrain", "bench_record": record["record_id"]}
+        end = epoch_ms(record.get("finished"))
         run = self._new_run(exp, f"{record['method']} {record['preset']}", tags,
-                            flatten(config))
+                            flatten(config), start_time=end and end - int(
+                                1000 * record["seconds"]))
         self._log_metrics(run, {"final_loss": curve[-1]["loss"], "steps": len(curve),
                                 "pairs_per_s": record["pairs_per_s"],
                                 "seconds": record["seconds"]}, curve)
@@ -325,8 +342,16 @@ class Tracker:
                                        ("config.yaml", "curve.json", PRETRAIN_RECORD,
                                         EVAL_CURVE) if (out_dir / n).is_file()])
         self.client.log_artifact(run, record["checkpoint"], "checkpoint")
-        self.client.set_terminated(run, "FINISHED")
+        self.client.set_terminated(run, "FINISHED", end_time=end)
         return run
+
+
+def epoch_ms(stamp: str | None) -> int | None:
+    """``2026-11-30T13:45:00+0000`` (a record's time) -> milliseconds since the epoch."""
+    if not stamp:
+        return None
+    import datetime
+    return int(datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z").timestamp() * 1000)
 
 
 def readout_key(record: dict) -> str:

@@ -131,8 +131,10 @@ def print_records(records: list[dict]) -> None:
             row.append(f"{statistics.mean(vals):.2f}±{statistics.stdev(vals):.2f}"
                        if len(vals) > 1 else "nan")
         print("mean  " + "".join(f"{v:>14}" for v in row))
-    print(f"per-class {first['per_class_metric']} (seed 0): " + ", ".join(
-        f"{c} {_fmt(v).strip()}" for c, v in first["per_class"].items()))
+    print(f"per-class {first['per_class_metric']} (seed 0; absent: not in the evaluation "
+          f"images): " + ", ".join(
+              f"{c} {'absent' if v is None or math.isnan(v) else f'{v:.2f}'}"
+              for c, v in first["per_class"].items()))
     print(f"records: {', '.join(r['run_dir'] for r in records)}")
 
 

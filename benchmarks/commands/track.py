@@ -10,7 +10,7 @@ from pathlib import Path
 from pretrain.cli import at_least
 
 from ..cli import UserError
-from ..suite import suite_names
+from ..suite import load_suite, suite_names
 
 URI_HELP = "MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)"
 
@@ -101,7 +101,9 @@ def cmd_leaderboard(args) -> int:
         print(f"no results for {args.suite}" + (" (synthetic)" if args.synthetic else
                                                  " on real data") + f" yet: {hint}")
         return 0
-    header, body = to_table(rows, per_class=args.per_class)
+    from readout.datasets import get_dataset_class
+    classes = get_dataset_class(load_suite(args.suite)["dataset"]).classes
+    header, body = to_table(rows, per_class=args.per_class, classes=classes)
     main = (metric_columns(rows) or ["mIoU"])[0]
     title = f"{args.suite}" + (" - SYNTHETIC world" if args.synthetic else "")
     _output(header, body, args.format, args.out, lambda png: chart(rows, main, png, title))

@@ -122,6 +122,7 @@ class SegmentationDataset:
 
     name = "?"
     classes: tuple[str, ...] = ()
+    palette: tuple[tuple[int, int, int], ...] | None = None  # RGB per class, for figures
     dirname = ""
     splits: tuple[str, ...] = ("train", "val")
     ignore_index = IGNORE_INDEX

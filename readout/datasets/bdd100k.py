@@ -14,7 +14,8 @@ import numpy as np
 
 from .base import (LayoutError, SegmentationDataset, image_size, read_rgb,
                    register_dataset, resolve_dataset_root)
-from .classes import BDD100K_DET_CLASSES, BDD100K_DET_IGNORED, CITYSCAPES_CLASSES
+from .classes import (BDD100K_DET_CLASSES, BDD100K_DET_IGNORED, CITYSCAPES_CLASSES,
+                      CITYSCAPES_PALETTE)
 
 _ALIASES = {"person": "pedestrian", "bike": "bicycle", "motor": "motorcycle"}
 _NOT_BOXES = {"lane", "drivable area"}  # polygon classes of the old 100k label files
@@ -24,6 +25,7 @@ BDD100K_SIZE = (1280, 720)
 @register_dataset("bdd100k")
 class BDD100KSemSeg(SegmentationDataset):
     classes = CITYSCAPES_CLASSES
+    palette = CITYSCAPES_PALETTE
     dirname = "bdd100k"
     splits = ("train", "val")
     markers = ("images", "labels")

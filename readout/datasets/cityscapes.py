@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import SegmentationDataset, register_dataset
-from .classes import CITYSCAPES_CLASSES, cityscapes_label_to_train_lut
+from .classes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, cityscapes_label_to_train_lut
 
 _LUT = cityscapes_label_to_train_lut()
 
@@ -14,6 +14,7 @@ _LUT = cityscapes_label_to_train_lut()
 @register_dataset("cityscapes")
 class Cityscapes(SegmentationDataset):
     classes = CITYSCAPES_CLASSES
+    palette = CITYSCAPES_PALETTE
     dirname = "cityscapes"
     splits = ("train", "val", "test")
     markers = ("leftImg8bit", "gtFine")

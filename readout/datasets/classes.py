@@ -20,6 +20,10 @@ CITYSCAPES_CLASSES: tuple[str, ...] = tuple(
     lab.name.replace(" ", "_") for lab in _cityscapes_train_labels())
 """The 19 Cityscapes train classes, index = train id. BDD100K sem_seg uses the same ids."""
 
+CITYSCAPES_PALETTE: tuple[tuple[int, int, int], ...] = tuple(
+    tuple(lab.color) for lab in _cityscapes_train_labels())
+"""The RGB colour of each train id, from cityscapesscripts (BDD100K draws the same)."""
+
 
 def cityscapes_label_to_train_lut() -> np.ndarray:
     """uint8[256] lookup table: Cityscapes label id -> train id (255 for ignored ids)."""

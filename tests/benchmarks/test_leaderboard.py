@@ -117,3 +117,10 @@ def test_our_real_results_fill_cells_and_synthetic_ones_never_do(tiny_root, tmp_
     assert ours.cells["CS Linear mIoU"].mean == pytest.approx(record["metrics"]["mIoU"])
     assert ours.cells["CS Linear mIoU"].text.endswith("(ours)")
     assert rows[0].cells["CS Linear mIoU"].text == "9.8 (paper)"
+
+
+def test_rows_sort_by_the_main_metric_best_first():
+    from benchmarks.leaderboard import Cell, Row, sort_by_main_metric
+    rows = [Row("ours", m, "R50", cells={"mIoU": Cell(v, text=str(v))} if v else {})
+            for m, v in (("a", 40.0), ("b", None), ("c", 61.5), ("d", 50.0))]
+    assert [r.method for r in sort_by_main_metric(rows)] == ["c", "d", "a", "b"]

@@ -33,6 +33,11 @@ def test_run_smoke_writes_the_record(head, tiny_root, r18_path, tmp_path, capsys
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["synthetic"] is True and record["scale"] == "smoke"
     assert math.isfinite(record["metrics"]["mIoU"]) and len(record["per_class"]) == 19
+    absent = [c for c, v in record["per_class"].items() if math.isnan(v)]
+    assert absent and all(f"{c} absent" in out for c in absent)  # printed, never as 0
+    from PIL import Image
+    with Image.open(sorted((run_dir / "qualitative").glob("*.png"))[0]) as im:
+        assert im.size[0] >= 1200  # three panels of 6 inches at 100 dpi, with a legend
     assert len(record["loss_curve"]) == 3
     resolved = yaml.safe_load((run_dir / "resolved_suite.yaml").read_text())
     assert resolved["scale"] == "smoke" and resolved["protocol"]["iterations"] == 3

@@ -1,6 +1,7 @@
 """MLflow tracking against a real tracking server on 127.0.0.1 and the default SQLite store:
 local records first, `bench sync` after an outage, reruns as no-ops, --force, locks, and
 pretraining lineage."""
+import csv
 import json
 import math
 import os
@@ -13,7 +14,7 @@ import pytest
 
 from benchmarks.cli import main
 from benchmarks.runner import record_lock
-from benchmarks.tracking import SYNC_NAME, Tracker, server_command, sqlite_uri
+from benchmarks.tracking import SYNC_NAME, Tracker, epoch_ms, server_command, sqlite_uri
 from tests.helpers import SUITE, free_port
 from tests.helpers import smoke_run as _run
 
@@ -53,7 +54,8 @@ def _children(tracker, synthetic=True):
     return parent, tracker._runs([exp], **{"mlflow.parentRunId": parent["run_id"]})
 
 
-def test_outage_then_sync_then_rerun_is_a_noop(server, offline_runs, tiny_root, r18, capsys):
+def test_outage_then_sync_then_rerun_is_a_noop(server, offline_runs, tiny_root, r18, capsys,
+                                              tmp_path):
     records = _records(offline_runs)
     assert len(records) == 2
     assert not any((r.parent / SYNC_NAME).exists() for r in records)  # nothing reached MLflow
@@ -79,6 +81,13 @@ def test_outage_then_sync_then_rerun_is_a_noop(server, offline_runs, tiny_root, 
     loss = tracker.client.get_metric_history(child.info.run_id, "train/loss")
     assert [m.step for m in loss] == [1, 2, 3]
     assert [m.value for m in loss] == pytest.approx([c["loss"] for c in seed0["loss_curve"]])
+    assert child.info.start_time == epoch_ms(seed0["started"])  # the readout's own time
+    assert child.info.end_time == epoch_ms(seed0["finished"])
+    table = tracker.client.download_artifacts(parent["run_id"], "per_class_mean.csv",
+                                              str(tmp_path))
+    lines = open(table).read().splitlines()
+    assert lines[0] == "class,IoU,IoU_std,seeds" and lines[1].startswith("road,")
+    assert any(line.endswith(",absent,,0") for line in lines)  # a class no seed saw
     files = {f.path for f in tracker.client.list_artifacts(child.info.run_id)}
     assert {"per_class.png", "confusion.png", "resolved_suite.yaml", "metrics.json",
             "per_class_table.json", "qualitative"} <= files
@@ -146,6 +155,13 @@ def test_default_store_is_sqlite_in_the_working_folder(offline_runs, tmp_path, m
     assert (tmp_path / "lb.png").is_file()
     rows = (tmp_path / "lb.csv").read_text().splitlines()
     assert rows[0].startswith("source,method,arch") and len(rows) == 2
+    capsys.readouterr()
+    assert main(["leaderboard", "--suite", SUITE, "--synthetic", "--per-class",
+                 "--format", "csv"]) == 0
+    header, row = list(csv.reader(capsys.readouterr().out.splitlines()))
+    per_class = header[header.index("mIoU_common") + 1:]
+    assert per_class[:3] == ["IoU_road", "IoU_sidewalk", "IoU_building"]  # dataset order
+    assert "absent" in row
     # real-data leaderboards and paper tables never show synthetic results
     assert main(["leaderboard", "--suite", SUITE]) == 0
     assert "no results for cityscapes_linear on real data yet: results on the SYNTHETIC " \
