@@ -15,7 +15,6 @@ cannot map.
 """
 from __future__ import annotations
 
-import datetime
 import io
 import pickle
 import re
@@ -23,8 +22,9 @@ import re
 import numpy as np
 import torch
 
-from pretrain.checkpoint import atomic_path
-from readout.backbone import (FORMAT, CheckpointError, ResNetBackbone, guess_arch,
+from core.checkpoint import FORMAT, make_checkpoint
+from core.io import atomic_path
+from readout.backbone import (CheckpointError, ResNetBackbone, guess_arch,
                               load_state_dict_exact, load_torch_file, read_checkpoint,
                               save_checkpoint)
 
@@ -142,11 +142,8 @@ def _wrap(state: dict[str, torch.Tensor], source: str, path, log) -> dict:
     full = {**{k: v for k, v in backbone.state_dict().items() if k.endswith(SKIPPED)}, **state}
     load_state_dict_exact(backbone, full, f"{source} checkpoint {path}")
     log(f"imported {len(state)} tensors as {arch} from {source} file {path}")
-    return {"format": FORMAT, "arch": arch, "state_dict": full, "decoder": None,
-            "meta": {"method": f"imported:{source}", "imported_from": str(path),
-                     "pretrain_data": "", "epochs": 0, "iterations": 0, "config": {},
-                     "git_sha": "", "mlflow_run_id": "",
-                     "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}}
+    return make_checkpoint(arch=arch, state_dict=full, method=f"imported:{source}",
+                           imported_from=str(path), with_git_sha=False)
 
 
 def import_detectron2(path, *, log=print) -> dict:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import yaml
 
+from core.checkpoint import git_sha
+from core.io import atomic_path, remove_stale_temporaries
 from readout.datasets import build_dataset
 from readout.datasets.base import data_root
 from readout.datasets.stats import class_statistics, read_stats_csv, write_stats_csv
-
-from pretrain.checkpoint import atomic_path, git_sha, remove_stale_temporaries
 
 from .suite import suite_hash
 
@@ -80,10 +80,10 @@ def run_or_reuse(resolved: dict, checkpoint_path, *, seed: int, out_dir="runs",
     """The finished record of this key if there is one (unless `force`), else run it.
     With `force` the old folder is kept, renamed ``seedN.replaced-<time>``."""
     from readout.backbone import file_sha256
-    from readout.train import world
+    from core.runtime import rank_world
     run_dir = record_dir(out_dir, resolved, file_sha256(checkpoint_path), seed)
     # under torchrun rank 0 alone cannot lock for the group
-    with record_lock(run_dir) if world()[1] == 1 else nullcontext():
+    with record_lock(run_dir) if rank_world()[1] == 1 else nullcontext():
         return _reuse_or_run(run_dir, resolved, checkpoint_path, seed, out_dir, force, log,
                              kwargs)
 
@@ -161,7 +161,8 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
              progress: bool = True, log=print, stop_after: int | None = None,
              skip_bad: bool = False) -> dict:
     from readout.backbone import file_sha256, read_checkpoint
-    from readout.train import ReadoutSchedule, train_readout, world
+    from core.runtime import rank_world
+    from readout.train import ReadoutSchedule, train_readout
     import torch
 
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -170,7 +171,7 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
     sha = file_sha256(checkpoint_path)
     run_dir = record_dir(out_dir, resolved, sha, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if world()[0] == 0:
+    if rank_world()[0] == 0:
         remove_stale_temporaries(run_dir, log=log)
         (run_dir / "resolved_suite.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     # every pair is checked (file headers: sizes) before anything trains
@@ -225,7 +226,7 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
         "git_sha": git_sha(), "started": started,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    if world()[0] > 0:  # under torchrun only rank 0 writes the record
+    if rank_world()[0] > 0:  # under torchrun only rank 0 writes the record
         return record
     with (run_dir / "per_class.csv").open("w", newline="") as f:
         w = csv.writer(f)

@@ -281,7 +281,7 @@ class Study:
 
     # ---- summary -----------------------------------------------------------------------
     def summarise(self, table: list[dict], seconds: float) -> dict:
-        from pretrain.checkpoint import git_sha
+        from core.checkpoint import git_sha
         board = leaderboard_rows(table, self.methods)
         health = [self.health_row(m, s) for s in range(self.seeds) for m in self.methods
                   if m != "scratch"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from pretrain.checkpoint import git_sha
+from core.checkpoint import git_sha
 
 BACKBONE_NAME = "backbone.pth"
 PROTOCOL_KEYS = ("iterations", "batch_size", "lr", "momentum", "weight_decay", "poly_power",

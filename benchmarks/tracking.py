@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from pretrain.checkpoint import atomic_path
+from core.io import atomic_path
 
 SYNC_NAME = "mlflow_sync.json"
 READOUT_RECORD = "metrics.json"

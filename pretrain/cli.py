@@ -88,7 +88,7 @@ def run(args, on_export=None) -> int:
     from .config import apply_overrides, load_preset, resolve
     from .data.pairs import FramePairs
     from .data.video import VideoSource
-    from .distributed import rank_world, start_process_group
+    from core.runtime import rank_world, start_process_group
     from .methods import get_method_class
     from .train import PretrainSchedule, pretrain
 

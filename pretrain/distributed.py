@@ -1,33 +1,16 @@
-"""Data-parallel pretraining helpers: the process group under torchrun (NCCL on GPU, gloo on
-CPU), the rank's share of a global batch, and synchronised BatchNorm on any device
+"""Data-parallel pretraining helpers (the process group itself: core.runtime): means over
+ranks and synchronised BatchNorm on any device
 (``torch.nn.SyncBatchNorm`` is CUDA-only; on CPU the statistics are summed with an
 autograd-aware all-reduce instead)."""
 from __future__ import annotations
 
-import os
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-
-def rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def start_process_group() -> torch.device:
-    """Join the torchrun process group if there is one; returns this process's device."""
-    cuda = torch.cuda.is_available()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    if cuda:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-        return device
-    return torch.device("cpu")
+from core.runtime import rank_world
 
 
 def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import backbone_checkpoint, remove_stale_temporaries, write_checkpoint
-from .distributed import mean_over_ranks, rank_world, sync_batchnorm
+from core.io import remove_stale_temporaries
+from core.runtime import autocast, rank_world
+
+from .checkpoint import backbone_checkpoint, write_checkpoint
+from .distributed import mean_over_ranks, sync_batchnorm
 from .health import EmbeddingBuffer, collapse_warning, projection_std
 from .optim import LARS, ema_momentum, warmup_cosine
 
@@ -104,13 +107,6 @@ def _flows(batch: dict, estimator) -> tuple[torch.Tensor, torch.Tensor]:
     back = {**meta, "frames1": meta["frames2"], "frames2": meta["frames1"]}
     return (estimator(batch["frames1"], batch["frames2"], **meta).cpu(),
             estimator(batch["frames2"], batch["frames1"], **back).cpu())
-
-
-def _autocast(device: torch.device):
-    """bf16 on CUDA; CPU runs stay fp32 (the bit-exact reference)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
 
 
 def grad_norm(params) -> float:
@@ -214,7 +210,7 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
         views = method.make_views(batch["frames1"], batch["frames2"], rngs, **flows)
         views = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
                  for k, v in views.items()}
-        with _autocast(device):
+        with autocast(device):
             parts = model(views)
         observed = method.pop_observed()
         loss = sum(parts.values()).float()

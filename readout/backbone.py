@@ -7,7 +7,6 @@ torchvision's ResNet names without ``fc.*``.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,9 @@ import torch
 import torchvision
 from torch import nn
 
-FORMAT = "flowssl-backbone/1"
+from core.checkpoint import FORMAT, make_checkpoint
+from core.io import save_torch
+
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
 STAGES = ("res2", "res3", "res4", "res5")
 _LAYERS = dict(zip(STAGES, ("layer1", "layer2", "layer3", "layer4")))
@@ -235,23 +236,10 @@ def scratch_checkpoint(arch: str = "resnet50", seed: int = 0) -> dict:
     """A random-init backbone in the checkpoint contract (the papers' "Scratch" row)."""
     torch.manual_seed(seed)
     backbone = ResNetBackbone(arch=arch)
-    import datetime
-    return {"format": FORMAT, "arch": arch,
-            "state_dict": {k: v.clone() for k, v in backbone.state_dict().items()},
-            "decoder": None,
-            "meta": {"method": "scratch", "pretrain_data": "", "epochs": 0, "iterations": 0,
-                     "config": {"seed": seed}, "git_sha": "", "mlflow_run_id": "",
-                     "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}}
+    return make_checkpoint(arch=arch, state_dict=backbone.state_dict(), method="scratch",
+                           config={"seed": seed}, with_git_sha=False)
 
 
 def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
-    """Atomic write: a temporary file, then rename (a kill never leaves half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(checkpoint, tmp)
-    except BaseException:  # a full disk or a kill: no half file is left behind
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(path)
+    """Atomic write (core.io): a kill or a full disk never leaves half a file."""
+    save_torch(checkpoint, path)

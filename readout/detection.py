@@ -28,9 +28,10 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from core.runtime import autocast
+
 from .backbone import ResNetBackbone, ShapeSpec, build_backbone
 from .registry import Registry
-from .runtime import autocast
 from .transforms import to_tensor
 
 DETECTORS = Registry("detector")

@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from core.runtime import autocast
+
 from .backbone import ShapeSpec
 from .heads import ReadoutHead, register_retrieval_head
-from .runtime import autocast
 from .transforms import IGNORE_INDEX, to_tensor, train_transform
 
 SIMILARITY_CHUNK = 1 << 24  # query x memory similarities computed at once (64 MB float32)

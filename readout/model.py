@@ -5,11 +5,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.runtime import autocast
+
 from .backbone import build_backbone, load_state_dict_exact
 from .decoder import SpatialDecoder
 from . import knn  # noqa: F401  (registers the retrieval heads)
 from .heads import find_head_class
-from .runtime import autocast
 from .transforms import IGNORE_INDEX, train_transform
 
 

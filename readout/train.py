@@ -20,14 +20,15 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from core.runtime import autocast, rank_world
+
 from .backbone import save_checkpoint
 from .coco_eval import coco_metrics, to_coco_results
 from .metrics import SegmentationMetric
-from .runtime import autocast, init_distributed, world
 from .transforms import to_tensor
 
 __all__ = ["ReadoutSchedule", "train_readout", "evaluate", "evaluate_detection", "predict",
-           "learning_rate", "world", "init_distributed"]
+           "learning_rate"]
 
 CHECKPOINT_NAME = "readout_checkpoint.pth"
 
@@ -95,7 +96,7 @@ def train_readout(model, dataset, schedule: ReadoutSchedule, *, device, work_dir
     device = torch.device(device)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    rank, size = world()
+    rank, size = rank_world()
     if schedule.batch_size % size:
         raise ValueError(f"batch size {schedule.batch_size} is not divisible by {size} ranks")
     per_rank = schedule.batch_size // size
@@ -208,7 +209,7 @@ def evaluate(model, dataset, *, num_classes: int, device, mode: str = "whole", c
     """Metrics over `dataset` (sharded over DDP ranks, confusion matrices summed)."""
     device = torch.device(device)
     model.to(device).eval()
-    rank, size = world()
+    rank, size = rank_world()
     metric = SegmentationMetric(num_classes, class_groups=class_groups)
     indices = range(rank, len(dataset), size)
     for i in tqdm(indices, desc="evaluate", disable=not progress or rank > 0):
@@ -231,7 +232,7 @@ def evaluate_detection(model, dataset, *, device, progress: bool = True) -> dict
     truth); images are sharded over DDP ranks and the detections gathered."""
     device = torch.device(device)
     model.to(device).eval()
-    rank, size = world()
+    rank, size = rank_world()
     results = []
     for i in tqdm(range(rank, len(dataset), size), desc="evaluate",
                   disable=not progress or rank > 0):

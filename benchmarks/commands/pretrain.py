@@ -97,7 +97,7 @@ def _device() -> str:
 def write_record(out: Path, *, method: str, preset: str, videos, seconds: float) -> dict | None:
     """``pretrain_record.json`` once the schedule is done (the checkpoint exists); a run
     resumed after it finished keeps its first record."""
-    from pretrain.checkpoint import atomic_path
+    from core.io import atomic_path
     from readout.backbone import file_sha256, read_checkpoint
     from ..runner import is_synthetic
     from ..tracking import PRETRAIN_RECORD

@@ -92,7 +92,7 @@ def _fmt(v: float) -> str:
 
 
 def cmd_run(args) -> int:
-    from readout.train import init_distributed, world
+    from core.runtime import rank_world, start_process_group
     from ..cli import check_device
     from ..runner import RECORD_NAME, run_or_reuse
     from ..tracking import push_record
@@ -100,17 +100,17 @@ def cmd_run(args) -> int:
     resolved = resolve_suite(args.suite, scale=args.scale, overrides=args.overrides)
     device = check_device(args.device)
     read_checkpoint(args.checkpoint)  # a bad file fails here, before any folder is made
-    init_distributed()  # no-op unless launched by torchrun with WORLD_SIZE > 1
+    start_process_group()  # no-op unless launched by torchrun with WORLD_SIZE > 1
     records = []
     for seed in range(args.seeds):
         record = run_or_reuse(resolved, args.checkpoint, data_root_dir=args.data_root,
                               seed=seed, device=device, out_dir=args.out,
                               num_workers=args.num_workers, force=args.force,
                               skip_bad=args.skip_bad)
-        if world()[0] == 0 and record["status"] == "finished":  # local record first
+        if rank_world()[0] == 0 and record["status"] == "finished":  # local record first
             push_record(Path(record["run_dir"]) / RECORD_NAME, uri=args.tracking_uri)
         records.append(record)
-    if world()[0] == 0:
+    if rank_world()[0] == 0:
         print_records(records)
     return 0
 

@@ -4,7 +4,7 @@ cache's bytes per pair against float32 with the end-point error it adds.
 Frames come from the small synthetic world (288x512), resized for larger resolutions.
 RAFT runs with random weights here (speed only) on CUDA when present.
 
-    python -m benchmarks.speed.flow --sizes 288x512 720x1280 --pairs 4
+    python -m benchmarks.speed.flow --sizes 288x512 720x1280 --pairs 4 --levels 1 3 6 9
 """
 from __future__ import annotations
 
@@ -43,9 +43,17 @@ def main(argv=None) -> int:
     ap.add_argument("--raft-max-side", type=int, default=512,
                     help="skip RAFT on CPU above this width (minutes per pair)")
     ap.add_argument("--steps", nargs="+", default=["1/32", "1/16", "1/8"])
+    ap.add_argument("--levels", nargs="+", type=int, default=[1, 3, 6, 9],
+                    help="PNG (zlib) levels to time for the cache at step 1/8")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch and OpenCV threads of this process (default 1: what one "
+                         "DataLoader worker or precompute worker gets)")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} torch / "
+          f"{cv2.getNumThreads()} OpenCV threads, device {device}")
     for size_text in args.sizes:
         size = tuple(int(v) for v in size_text.split("x"))
         data = frames(size, args.pairs)
@@ -73,6 +81,18 @@ def main(argv=None) -> int:
                         "bytes_per_pair": int(np.mean(sizes)),
                         "ratio_vs_float32": round(float(np.mean(sizes)) / raw, 4),
                         "added_epe_px": round(float(np.mean(epes)), 4)}
+                row["dis_both_directions_ms"] = round(2000 / rate, 1)
+                for level in args.levels:  # the cache's write and read cost per pair
+                    t0 = time.perf_counter()
+                    pngs = [encode(f, g, 1 / 8, level)[0] for f, g in zip(flows, backward)]
+                    t1 = time.perf_counter()
+                    for png in pngs:
+                        decode(png, 1 / 8)
+                    t2 = time.perf_counter()
+                    row[f"png_level_{level}"] = {
+                        "encode_ms": round(1000 * (t1 - t0) / len(pngs), 1),
+                        "decode_ms": round(1000 * (t2 - t1) / len(pngs), 1),
+                        "bytes_per_pair": int(np.mean([len(p) for p in pngs]))}
             print(json.dumps(row), flush=True)
     return 0
 

@@ -25,7 +25,8 @@ from pretrain.config import load_preset
 from pretrain.flow import get_estimator
 from pretrain.methods import get_method_class
 from pretrain.optim import ema_momentum
-from pretrain.train import PretrainSchedule, _autocast, make_optimizer
+from core.runtime import autocast
+from pretrain.train import PretrainSchedule, make_optimizer
 
 H100_BF16_DENSE_TFLOPS = 989.0  # H100 SXM, dense bf16 tensor cores (NVIDIA data sheet)
 
@@ -72,7 +73,7 @@ def measure(name: str, *, preset: str, arch: str, size, frame, batch: int, steps
     views = {k: v.to(device) if torch.is_tensor(v) else v for k, v in views.items()}
 
     def run_step():
-        with _autocast(device):
+        with autocast(device):
             loss = sum(method(views).values()).float()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -20,17 +20,22 @@ import cv2
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_path, remove_stale_temporaries
+from core.io import atomic_path, remove_stale_temporaries
 
 OFFSET = 32768
+# zlib level of the PNGs, chosen by `python -m benchmarks.speed.flow --levels 1 3 6 9`
+# (numbers in README's flow section): 9 spent over 10x the time of 3 for a few % of bytes
+PNG_LEVEL = 3
 
 
-def encode(flow_fwd: torch.Tensor, flow_bwd: torch.Tensor, step: float) -> tuple[bytes, dict]:
-    """[2, H, W] flows -> PNG bytes and the round-trip error of this file."""
+def encode(flow_fwd: torch.Tensor, flow_bwd: torch.Tensor, step: float,
+           level: int = PNG_LEVEL) -> tuple[bytes, dict]:
+    """[2, H, W] flows -> PNG bytes and the round-trip error of this file. The level changes
+    the bytes, never the decoded flow."""
     both = torch.cat([flow_fwd, flow_bwd]).float().numpy()  # [4, H, W]
     q = np.clip(np.rint(both / step) + OFFSET, 0, 65535).astype(np.uint16)
     ok, png = cv2.imencode(".png", np.ascontiguousarray(q.transpose(1, 2, 0)),
-                           [cv2.IMWRITE_PNG_COMPRESSION, 9])
+                           [cv2.IMWRITE_PNG_COMPRESSION, level])
     if not ok:
         raise OSError("OpenCV could not encode a 16-bit PNG")
     err = (q.astype(np.float32) - OFFSET) * step - both

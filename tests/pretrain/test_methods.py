@@ -25,13 +25,15 @@ SCHEDULE = PretrainSchedule(steps=3, batch_size=2, optimizer="lars", lr=0.1, wei
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_two_steps_train_online_and_move_target_by_ema(name, tiny_root, tmp_path):
     method = _method(name)
-    online0 = {k: v.clone() for k, v in method.encoder.state_dict().items()}
+    # parameters only: BatchNorm running statistics change in any forward pass, so a check
+    # that included them would pass with an optimizer that never updates a weight
+    online0 = {k: p.detach().clone() for k, p in method.encoder.named_parameters()}
     target0 = [p.clone() for p in method.target_encoder.parameters()]
     curve = pretrain(method, _pairs(tiny_root), SCHEDULE, out_dir=tmp_path, stop_after=1,
                      estimator=get_estimator("gt"), progress=False, log=lambda *_: None)
     assert len(curve) == 1 and torch.isfinite(torch.tensor(curve[0]["loss"]))
-    moved = [k for k, v in method.encoder.state_dict().items() if not torch.equal(v, online0[k])]
-    assert moved  # the online network learns
+    moved = [k for k, p in method.encoder.named_parameters() if not torch.equal(p, online0[k])]
+    assert len(moved) >= 0.9 * len(online0)  # the online network learns
     tau = curve[0]["tau"]
     assert tau == pytest.approx(0.996)
     for t, t0, o in zip(method.target_encoder.parameters(), target0,

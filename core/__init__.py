@@ -1,0 +1,8 @@
+"""The shared core: what pretraining and readout must compute or write identically, in one
+place. Both `pretrain` and `readout` import it; it imports neither (nor `benchmarks`).
+
+- `core.checkpoint`: the ``flowssl-backbone/1`` file contract (format string, the one
+  builder of a checkpoint and its metadata).
+- `core.io`: atomic file writing and the clean-up of what a killed writer left.
+- `core.runtime`: rank / world size, joining the torchrun process group, autocast.
+"""

@@ -1,0 +1,61 @@
+"""The shared core: the checkpoint contract is defined once, files are whole or absent."""
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.checkpoint import FORMAT, make_checkpoint
+from core.io import atomic_path, remove_stale_temporaries, save_torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_format_string_is_written_in_one_place():
+    holders = [p.relative_to(REPO).as_posix() for folder in ("core", "pretrain", "readout",
+                                                              "benchmarks")
+               for p in (REPO / folder).rglob("*.py") if f'"{FORMAT}"' in p.read_text()]
+    assert holders == ["core/checkpoint.py"]
+
+
+def test_core_imports_neither_side():
+    for p in (REPO / "core").rglob("*.py"):
+        text = p.read_text()
+        assert not any(f"import {m}" in text or f"from {m}" in text
+                       for m in ("pretrain", "readout", "benchmarks", "mlflow")), p
+
+
+def test_make_checkpoint_copies_detached_cpu_tensors():
+    w = torch.ones(2, requires_grad=True)
+    ck = make_checkpoint(arch="resnet18", state_dict={"w": w}, method="m",
+                         decoder={"kind": "sdm", "state_dict": {"d": w}}, with_git_sha=False)
+    assert ck["format"] == FORMAT and not ck["state_dict"]["w"].requires_grad
+    w.data.add_(1)
+    assert torch.equal(ck["state_dict"]["w"], torch.ones(2))
+    assert ck["decoder"]["kind"] == "sdm" and set(ck["meta"]) >= {"method", "created"}
+
+
+def test_a_failed_write_leaves_nothing_and_the_old_file_intact(tmp_path):
+    target = tmp_path / "record.json"
+    target.write_text("old")
+    with pytest.raises(OSError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise OSError(28, "No space left on device")
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+    save_torch({"x": torch.zeros(1)}, tmp_path / "a.pth")
+    assert torch.load(tmp_path / "a.pth", weights_only=True)["x"].shape == (1,)
+
+
+def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / "sub" / f".state.pth.{dead.pid}.tmp"
+    stale.parent.mkdir()
+    stale.write_bytes(b"x" * 10)
+    mine = tmp_path / f".state.pth.{os.getpid()}.tmp"
+    mine.write_bytes(b"being written")
+    said = []
+    assert remove_stale_temporaries(tmp_path, recursive=True, log=said.append) == 1
+    assert not stale.exists() and mine.exists() and "removed 1 temporary file" in said[0]
