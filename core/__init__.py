@@ -3,6 +3,8 @@ place. Both `pretrain` and `readout` import it; it imports neither (nor `benchma
 
 - `core.checkpoint`: the ``flowssl-backbone/1`` file contract (format string, the one
   builder of a checkpoint and its metadata).
+- `core.trunk`: the ResNet trunk (dilated stages, output shapes).
+- `core.decoders`: decoders a checkpoint carries (PooDLe's spatial decoder).
 - `core.io`: atomic file writing and the clean-up of what a killed writer left.
 - `core.runtime`: rank / world size, joining the torchrun process group, autocast.
 """

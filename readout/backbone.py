@@ -1,4 +1,4 @@
-"""Frozen ResNet backbones built from `flowssl-backbone/1` checkpoints (DESIGN.md).
+"""Frozen ResNet backbones built from `flowssl-backbone/1` checkpoints (core.checkpoint).
 
 The backbone reports its outputs (``output_shape()``: name -> channels, stride), in the
 manner of detectron2's ``Backbone``; heads are built from that. State-dict keys are
@@ -7,110 +7,20 @@ torchvision's ResNet names without ``fc.*``.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from core.checkpoint import FORMAT, make_checkpoint
 from core.io import save_torch
+from core.trunk import ARCHS, STAGES, ResNetBackbone, ShapeSpec  # noqa: F401  (re-exported)
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
-STAGES = ("res2", "res3", "res4", "res5")
-_LAYERS = dict(zip(STAGES, ("layer1", "layer2", "layer3", "layer4")))
 CLASSIFIER_KEYS = ("fc.weight", "fc.bias")
-
-
-@dataclass(frozen=True)
-class ShapeSpec:
-    channels: int
-    stride: int
 
 
 class CheckpointError(ValueError):
     """A checkpoint that does not match the contract or the architecture."""
-
-
-def _dilate(layer: nn.Sequential, rates: list[int]) -> None:
-    """Remove the stage's stride and dilate its 3x3 convs (detectron2 style: every block of
-    the stage, including the first, uses its rate; parameters are unchanged)."""
-    for block, rate in zip(layer, rates):
-        for conv in block.modules():
-            if isinstance(conv, nn.Conv2d):
-                if conv.stride == (2, 2):
-                    conv.stride = (1, 1)
-                if conv.kernel_size == (3, 3):
-                    conv.dilation, conv.padding = (rate, rate), (rate, rate)
-
-
-class ResNetBackbone(nn.Module):
-    """torchvision ResNet trunk returning ``{"res2": C2, ..., "res5": C5}``.
-
-    ``dilation`` (res3, res4, res5) removes those stages' strides, as torchvision's
-    ``replace_stride_with_dilation`` does for res3..res5 (ResNet-18/34 included);
-    ``multigrid`` multiplies the res5 rates per block (DeepLab v3, e.g. (1, 2, 4)).
-    """
-
-    def __init__(self, *, arch: str = "resnet50",
-                 dilation: tuple[bool, bool, bool] = (False, False, False),
-                 multigrid: tuple[int, ...] | None = None):
-        super().__init__()
-        if arch not in ARCHS:
-            raise KeyError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
-        net = getattr(torchvision.models, arch)(weights=None)
-        self.arch = arch
-        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = (
-            net.layer1, net.layer2, net.layer3, net.layer4)
-        expansion = 4 if arch in ("resnet50", "resnet101") else 1
-        stride, rate = 4, 1
-        self._shapes = {"res2": ShapeSpec(64 * expansion, 4)}
-        for i, (name, dilated) in enumerate(zip(STAGES[1:], dilation)):
-            layer = getattr(self, _LAYERS[name])
-            if dilated:
-                rate *= 2
-                grid = tuple(multigrid) if (name == "res5" and multigrid) else (1,) * len(layer)
-                if len(grid) < len(layer):
-                    raise ValueError(f"multigrid {grid} needs {len(layer)} entries for {arch}")
-                grid = grid[:len(layer)]  # ResNet-18/34 (smoke runs) have 2 res5 blocks
-                _dilate(layer, [rate * g for g in grid])
-            else:
-                stride *= 2
-            self._shapes[name] = ShapeSpec(64 * expansion * 2 ** (i + 1), stride)
-        self.frozen = False
-
-    def output_shape(self) -> dict[str, ShapeSpec]:
-        return dict(self._shapes)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        out = {}
-        for name in self._shapes:
-            x = getattr(self, _LAYERS[name])(x)
-            out[name] = x
-        return out
-
-    def split_off(self, stage: str) -> nn.Sequential:
-        """Remove the last stage from the trunk and return it (the trunk then ends one
-        stage earlier): Faster R-CNN C4 runs res5 per region as its box head."""
-        if stage != list(self._shapes)[-1]:
-            raise ValueError(f"only the last stage ({list(self._shapes)[-1]}) can be split off")
-        layer = getattr(self, _LAYERS[stage])
-        delattr(self, _LAYERS[stage])
-        del self._shapes[stage]
-        return layer
-
-    def freeze(self) -> "ResNetBackbone":
-        """No gradients, BatchNorm in eval mode for good (``train()`` keeps it so)."""
-        for p in self.parameters():
-            p.requires_grad_(False)
-        self.frozen = True
-        return self.train(False)
-
-    def train(self, mode: bool = True):
-        return super().train(False if self.frozen else mode)
 
 
 def load_state_dict_exact(module: nn.Module, state: dict, what: str,
@@ -122,9 +32,6 @@ def load_state_dict_exact(module: nn.Module, state: dict, what: str,
     own = module.state_dict()
     dropped = [k for k in state if k in allowed_extra]
     state = {k: v for k, v in state.items() if k not in allowed_extra}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     problem = state_mismatch(own, state)
     if problem:
         raise CheckpointError(f"{what} does not match: {problem}")

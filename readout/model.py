@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.decoders import SpatialDecoder
 from core.runtime import autocast
 
 from .backbone import build_backbone, load_state_dict_exact
-from .decoder import SpatialDecoder
 from . import knn  # noqa: F401  (registers the retrieval heads)
 from .heads import find_head_class
 from .transforms import IGNORE_INDEX, train_transform

@@ -21,11 +21,13 @@ import math
 import numpy as np
 import torch
 
+from core.decoders import SpatialDecoder
+
 from ..augment import ViewSpec, photometric, render_view, view_matrix
 from ..correspondence import VIEW_COLOUR, paired_views, view_correspondence
 from ..flow.geometry import sample_at
 from ..losses import dense_equivariance_loss, pooled_loss
-from ..models import SpatialDecoder, mlp
+from ..models import mlp
 from .base import Method, register_method
 from .flowe import upsampled
 
@@ -87,7 +89,8 @@ class PooDLe(Method):
         self.crop_area, self.alpha = tuple(crop_area), tuple(alpha)
         self.k, self.subcrop_area, self.jitter = int(subcrops), tuple(subcrop_area), jitter
         self.weights = (dense_weight, pooled_weight)
-        self.decoder = SpatialDecoder.for_encoder(self.encoder, reduction=decoder_reduction)
+        self.decoder = SpatialDecoder.for_trunk(self.encoder.output_shape(),
+                                                reduction=decoder_reduction)
         channels = self.encoder.channels["res5"]
         self.pool_projector = mlp(channels, hidden, out_dim)
         self.pool_predictor = mlp(out_dim, hidden, out_dim)

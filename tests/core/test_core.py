@@ -59,3 +59,32 @@ def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
     said = []
     assert remove_stale_temporaries(tmp_path, recursive=True, log=said.append) == 1
     assert not stale.exists() and mine.exists() and "removed 1 temporary file" in said[0]
+
+
+@pytest.mark.parametrize("output_stride", [32, 8])
+def test_pretraining_and_readout_compute_the_same_trunk_and_decoder(output_stride, tmp_path):
+    """A PooDLe network as pretraining runs it, exported, then rebuilt by the readout from
+    the checkpoint file alone: the same features and the same decoder output."""
+    from pretrain.checkpoint import backbone_checkpoint, write_checkpoint
+    from pretrain.config import load_preset
+    from pretrain.methods import get_method_class
+    from readout.backbone import build_backbone, read_checkpoint
+    from readout.model import build_segmentation_model
+    torch.manual_seed(0)
+    model = {**load_preset("poodle", "smoke")["model"], "output_stride": output_stride}
+    method = get_method_class("poodle")(**model).eval()
+    write_checkpoint(backbone_checkpoint(
+        arch=model["arch"], state_dict=method.encoder.backbone_state_dict(),
+        decoder_state=method.decoder.state_dict(), method="poodle", pretrain_data="",
+        epochs=0, iterations=0, config={}), tmp_path / "poodle.pth")
+    ck = read_checkpoint(tmp_path / "poodle.pth")
+    dilation = {32: (False, False, False), 8: (False, True, True)}[output_stride]
+    trunk = build_backbone(ck, dilation=dilation, log=lambda *_: None)
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        ours, theirs = method.encoder(x), trunk(x)
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+        if output_stride == 32:  # the readout puts the decoder on the undilated trunk
+            readout = build_segmentation_model(ck, "deeplab_v1", 19, log=lambda *_: None).eval()
+            assert torch.equal(method.decoder(ours), readout.decoder(theirs))

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from core.decoders import SpatialDecoder
 from pretrain.losses import pooled_loss
 from pretrain.methods.poodle import carry_points, centred_box, grid_centres
-from pretrain.models import Encoder, SpatialDecoder
+from pretrain.models import Encoder
 
 
 def test_grid_centres_take_distinct_cells_first():
@@ -26,7 +27,7 @@ def test_centred_box_has_the_area_and_stays_inside():
 
 def test_spatial_decoder_is_paper_shaped_and_upsamples_4x():
     enc = Encoder(arch="resnet50")
-    dec = SpatialDecoder.for_encoder(enc)
+    dec = SpatialDecoder.for_trunk(enc.output_shape())
     assert [tuple(lat.weight.shape[:2]) for lat in dec.laterals] == [(2048, 1024), (2048, 512)]
     assert dec.blocks[0].conv1.weight.shape[0] == 2048 // 8  # 8x channel reduction
     out = dec(enc(torch.zeros(1, 3, 64, 96)))

@@ -2,9 +2,9 @@ import pytest
 import torch
 import torchvision
 
+from core.decoders import SpatialDecoder
 from readout.backbone import (CheckpointError, ResNetBackbone, build_backbone,
                               read_checkpoint, save_checkpoint, scratch_checkpoint)
-from readout.decoder import SpatialDecoder
 from readout.heads import HEADS, get_head_class
 from readout.model import build_segmentation_model
 

@@ -1,10 +1,12 @@
-"""PooDLe's spatial decoder module (SDM), kept for the linear readout (PooDLe Sec. 4.1).
+"""Decoders that a checkpoint may carry beside its trunk, in one definition for the method
+that trains them and the readout that reads them out.
 
-PooDLe App. A: two blocks, each a 2x upsampling, one ResNet bottleneck g with an 8x channel
-reduction, and a 1x1 lateral conv that up-projects the skip feature to the decoder channels
-(1024 -> 2048 from res4, then 512 -> 2048 from res3), added after g (Eq. 3:
-z^(l+1) = g(upsample(z^(l))) + lateral(z^(j))). Output stride 32 -> 8.
-Its configuration is read from the checkpoint's tensor shapes.
+PooDLe's spatial decoder module (SDM, Sec. 3 and App. A): per block a 2x upsampling, one
+ResNet bottleneck g with an 8x channel reduction, and a 1x1 lateral conv lifting the skip
+feature to the decoder channels, added after g (Eq. 3: z' = g(up(z)) + lateral(z_j)). For
+ResNet-50: res5 (2048, /32) -> + res4 (1024 -> 2048, /16) -> + res3 (512 -> 2048, /8).
+State-dict names (``laterals.i``, ``blocks.i.conv1..bn3``) are the checkpoint contract's;
+the readout rebuilds the module from their shapes.
 """
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import ShapeSpec
+from .trunk import ShapeSpec
 
 
-class _Bottleneck(nn.Module):
+class Bottleneck(nn.Module):
+    """torchvision's Bottleneck without stride or downsample: 1x1 -> 3x3 -> 1x1 + identity."""
+
     def __init__(self, channels: int, width: int):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, width, 1, bias=False)
@@ -38,9 +42,15 @@ class SpatialDecoder(nn.Module):
                  reduction: int = 8):
         super().__init__()
         self.laterals = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in lateral_channels)
-        self.blocks = nn.ModuleList(_Bottleneck(channels, channels // reduction)
+        self.blocks = nn.ModuleList(Bottleneck(channels, channels // reduction)
                                     for _ in lateral_channels)
         self.channels = channels
+
+    @classmethod
+    def for_trunk(cls, shapes: dict[str, ShapeSpec], *, reduction: int = 8) -> "SpatialDecoder":
+        """The decoder over a trunk with these output shapes (``output_shape()``)."""
+        return cls(channels=shapes["res5"].channels, reduction=reduction,
+                   lateral_channels=tuple(shapes[s].channels for s in cls.skips))
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "SpatialDecoder":
