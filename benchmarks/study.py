@@ -158,8 +158,8 @@ class Study:
     @property
     def device(self) -> str:
         if self._device is None:
-            import torch
-            self._device = "cuda" if torch.cuda.is_available() else "cpu"
+            from .cli import check_device
+            self._device = check_device(None)
         return self._device
 
     # ---- steps -------------------------------------------------------------------------

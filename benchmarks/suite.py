@@ -6,13 +6,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from pretrain.cli import parse_value
+from core.values import Range, is_number, is_whole, parse_value
 
 SUITE_DIR = Path(__file__).with_name("suites")
 
@@ -61,25 +60,16 @@ TASKS = {
                "eval"),
         required=("class_groups",), forbidden=()),
 }
-# The allowed range of every numeric protocol value: (lowest, highest, text); a bound of
-# None is open, a "(" in the text means the bound itself is excluded.
+# The allowed range of every numeric protocol value (types: the task's protocol schema)
+AT_LEAST_1, POSITIVE, NON_NEGATIVE = Range(1), Range(0, open_low=True), Range(0)
 RANGES = {
-    "iterations": (1, None, ">= 1"), "batch_size": (1, None, ">= 1"),
-    "checkpoint_every": (1, None, ">= 1"), "lr": (0, None, "> 0"),
-    "momentum": (0, 1, "in [0, 1)"), "weight_decay": (0, None, ">= 0"),
-    "poly_power": (0, None, ">= 0"), "epochs": (0, None, "> 0"), "gamma": (0, None, "> 0"),
-    "warmup_iterations": (0, None, ">= 0"), "warmup_factor": (0, 1, "in (0, 1]"),
-    "k": (1, None, ">= 1"), "temperature": (0, None, "> 0"),
-    "memory_size": (1, None, ">= 1"), "augment_epochs": (1, None, ">= 1"),
+    "iterations": AT_LEAST_1, "batch_size": AT_LEAST_1, "checkpoint_every": AT_LEAST_1,
+    "lr": POSITIVE, "momentum": Range(0, 1, open_high=True), "weight_decay": NON_NEGATIVE,
+    "poly_power": NON_NEGATIVE, "epochs": POSITIVE, "gamma": POSITIVE,
+    "warmup_iterations": NON_NEGATIVE, "warmup_factor": Range(0, 1, open_low=True),
+    "k": AT_LEAST_1, "temperature": POSITIVE, "memory_size": AT_LEAST_1,
+    "augment_epochs": AT_LEAST_1,
 }
-
-
-def in_range(value, lo, hi, text: str) -> bool:
-    if not math.isfinite(value):
-        return False
-    low_ok = lo is None or (value > lo if text.startswith(("> ", "in (")) else value >= lo)
-    high_ok = hi is None or (value < hi if text.endswith(")") else value <= hi)
-    return low_ok and high_ok
 
 
 COMMON_REQUIRED = ("name", "description", "task", "dataset", "splits", "head", "protocol",
@@ -193,22 +183,22 @@ def head_class(data: dict):
 
 def _check_ranges(where: str, p: dict, ev: dict) -> None:
     for key, value in p.items():
-        if key in RANGES and not in_range(value, *RANGES[key]):
-            raise SuiteError(f"{where}.protocol.{key}: must be {RANGES[key][2]}, got {value!r}")
+        if key in RANGES and value not in RANGES[key]:
+            raise SuiteError(f"{where}.protocol.{key}: must be {RANGES[key]}, got {value!r}")
     sizes = {"protocol.crop": p.get("crop"), "eval.crop": ev.get("crop"),
              "eval.stride": ev.get("stride"), "protocol.resize.short_side":
              p.get("resize", {}).get("short_side"), "protocol.resize.scale":
              p.get("resize", {}).get("scale")}
     for key, value in sizes.items():
         if value is not None and not (isinstance(value, list) and len(value) == 2 and all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+                is_whole(v) and v >= 1 for v in value)):
             raise SuiteError(f"{where}.{key}: two whole numbers >= 1, got {value!r}")
     short = p.get("resize", {}).get("short_side")
     if short and short[0] > short[1]:
         raise SuiteError(f"{where}.protocol.resize.short_side: [min, max], got {short!r}")
     ratio = p.get("resize", {}).get("ratio")
     if ratio is not None and not (isinstance(ratio, list) and len(ratio) == 2 and all(
-            isinstance(r, (int, float)) and r > 0 for r in ratio) and ratio[0] <= ratio[1]):
+            is_number(r) and r > 0 for r in ratio) and ratio[0] <= ratio[1]):
         raise SuiteError(f"{where}.protocol.resize.ratio: [min, max] > 0, got {ratio!r}")
 
 

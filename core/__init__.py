@@ -7,4 +7,6 @@ place. Both `pretrain` and `readout` import it; it imports neither (nor `benchma
 - `core.decoders`: decoders a checkpoint carries (PooDLe's spatial decoder).
 - `core.io`: atomic file writing and the clean-up of what a killed writer left.
 - `core.runtime`: rank / world size, joining the torchrun process group, autocast.
+- `core.values`: config values read the same way by pretraining configs and readout suites
+  (``key=value`` overrides, number ranges).
 """

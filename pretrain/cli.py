@@ -17,17 +17,6 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def parse_value(item: str, raw: str, error: type[Exception]):
-    """The YAML value of a ``key=value`` override; malformed YAML raises `error` naming it."""
-    import yaml
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        why = str(getattr(e, "problem", "") or e).splitlines()[0]
-        raise error(f"override {item!r}: {raw!r} is not valid YAML ({why}); a list is "
-                    f"[a, b], a mapping {{k: v}}") from None
-
-
 def at_least(lowest: int):
     """An argparse type: a whole number >= `lowest`."""
     def parse(text: str) -> int:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from .cli import parse_value
+from core.values import Range, is_number, is_whole, parse_value
+
 from .methods import METHODS, get_method_class
 from .train import PretrainSchedule
 
@@ -32,41 +33,28 @@ class ConfigError(ValueError):
     pass
 
 
-# schedule and data values: (kind, lowest, text); "int" values are whole numbers
+WHOLE_AT_LEAST_1, WHOLE_AT_LEAST_0 = Range(1, whole=True), Range(0, whole=True)
 SCHEDULE_RANGES = {
-    "steps": ("int", 1, ">= 1"), "batch_size": ("int", 1, ">= 1"), "lr": ("num", 0, "> 0"),
-    "weight_decay": ("num", 0, ">= 0"), "warmup_steps": ("int", 0, ">= 0"),
-    "checkpoint_every": ("int", 1, ">= 1"), "export_every": ("int", 0, ">= 0 (0: off)"),
-    "seed": ("int", 0, ">= 0"), "epochs": ("num", 0, "> 0"),
-    "warmup_epochs": ("num", 0, ">= 0"), "ema_base": ("num", 0, "in [0, 1]"),
+    "steps": WHOLE_AT_LEAST_1, "batch_size": WHOLE_AT_LEAST_1,
+    "lr": Range(0, open_low=True), "weight_decay": Range(0),
+    "warmup_steps": WHOLE_AT_LEAST_0, "checkpoint_every": WHOLE_AT_LEAST_1,
+    "export_every": Range(0, whole=True, note="(0: off)"), "seed": WHOLE_AT_LEAST_0,
+    "epochs": Range(0, open_low=True), "warmup_epochs": Range(0), "ema_base": Range(0, 1),
 }
 OPTIMIZERS = ("lars", "adamw")
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
-
-
-def _check_value(where: str, value, kind: str, lo, text: str) -> None:
-    ok = _is_int(value) if kind == "int" else _is_num(value)
-    if ok:
-        ok = value > lo if text.startswith("> ") else value >= lo
-        if text == "in [0, 1]":
-            ok = ok and value <= 1
-    if not ok:
-        raise ConfigError(f"{where}: must be {'a whole number ' if kind == 'int' else ''}"
-                          f"{text}, got {value!r}")
+def _check_value(where: str, value, allowed: Range) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{where}: must be {'a whole number ' if allowed.whole else ''}"
+                          f"{allowed}, got {value!r}")
 
 
 def _check_span(where: str, value, kind: str) -> None:
     """A value or a [min, max] range of values > 0 (dt_frames, dt_seconds)."""
     values = value if isinstance(value, list) else [value]
     good = (len(values) in (1, 2) and all(
-        (_is_int(v) if kind == "int" else _is_num(v)) and v > 0 for v in values)
+        (is_whole(v) if kind == "int" else is_number(v)) and v > 0 for v in values)
         and values[0] <= values[-1])
     if not good:
         raise ConfigError(f"{where}: a {'whole number' if kind == 'int' else 'number'} > 0 "
@@ -87,14 +75,14 @@ def _check_model_values(method: str, model: dict, where: str) -> None:
         if isinstance(default, str):
             if not isinstance(value, str):
                 raise ConfigError(f"{at}: expected a name like {default!r}, got {value!r}")
-        elif _is_int(default):
-            _check_value(at, value, "int", 1, ">= 1")
+        elif is_whole(default):
+            _check_value(at, value, WHOLE_AT_LEAST_1)
         elif isinstance(default, float):
-            _check_value(at, value, "num", 0, ">= 0")
+            _check_value(at, value, Range(0))
         elif isinstance(default, tuple) and len(default) == 2:
             sizes, ordered = key.endswith("_size"), key.endswith(("_scale", "_area"))
             if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(
-                    (_is_int(v) if sizes else _is_num(v)) and v > 0 for v in value)
+                    (is_whole(v) if sizes else is_number(v)) and v > 0 for v in value)
                     and (not ordered or value[0] <= value[1])):
                 raise ConfigError(f"{at}: " + ("[height, width], whole numbers >= 1" if sizes
                                                else "[min, max], numbers > 0" if ordered
@@ -129,7 +117,7 @@ def validate_preset(method: str, preset: dict, where: str) -> None:
     s = preset["schedule"]
     for key, value in s.items():
         if key in SCHEDULE_RANGES:
-            _check_value(f"{where}.schedule.{key}", value, *SCHEDULE_RANGES[key])
+            _check_value(f"{where}.schedule.{key}", value, SCHEDULE_RANGES[key])
     if "optimizer" in s and s["optimizer"] not in OPTIMIZERS:
         raise ConfigError(f"{where}.schedule.optimizer: {s['optimizer']!r} is not one of "
                           f"{', '.join(OPTIMIZERS)}")
@@ -139,7 +127,7 @@ def validate_preset(method: str, preset: dict, where: str) -> None:
     if "dt_seconds" in d:
         _check_span(f"{where}.data.dt_seconds", d["dt_seconds"], "num")
     if "repeats" in d:
-        _check_value(f"{where}.data.repeats", d["repeats"], "int", 1, ">= 1")
+        _check_value(f"{where}.data.repeats", d["repeats"], WHOLE_AT_LEAST_1)
     _check_model_values(method, preset["model"], f"{where}.model")
     if ("steps" in s) == ("epochs" in s):
         raise ConfigError(f"{where}.schedule: give exactly one of steps and epochs")

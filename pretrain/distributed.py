@@ -4,7 +4,6 @@ ranks and synchronised BatchNorm on any device
 autograd-aware all-reduce instead)."""
 from __future__ import annotations
 
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F

@@ -82,7 +82,7 @@ def cmd_precompute(args) -> int:
                          every=args.every, step=step, workers=args.workers)
     bad = {k: v for k, v in results.items() if isinstance(v, str) and v.startswith("skipped")}
     before = sum(v == "cached before" for v in results.values())
-    ignored = {p: why for p, why in source.ignored.items()}
+    ignored = source.ignored
     print(f"cached {len(results) - len(bad) - before} new and {before} earlier of "
           f"{len(source)} videos in {args.out}; {len(bad)} skipped"
           + (f", {len(ignored)} not videos" if ignored else ""))

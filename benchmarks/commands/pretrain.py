@@ -55,10 +55,8 @@ def export_evaluator(args):
     the kNN readout of each periodic export, appended to ``<out>/eval_curve.json``."""
     from readout.datasets import build_dataset
     from readout.datasets.base import data_root
-    from ..cli import UserError
+    from ..cli import UserError, check_device
     from ..suite import resolve_suite
-    if args.eval_every < 1:
-        raise UserError(f"--eval-every {args.eval_every}: a number of steps >= 1")
     resolved = resolve_suite(args.eval_suite, scale=args.eval_scale)
     if resolved["task"] != "retrieval_segmentation":
         raise UserError(f"--eval-suite {args.eval_suite} trains a head; use a kNN suite "
@@ -73,7 +71,7 @@ def export_evaluator(args):
     def on_export(path: Path, step: int) -> None:
         from ..runner import run_or_reuse
         record = run_or_reuse(resolved, path, seed=0, out_dir=out / "evals",
-                              data_root_dir=root, device=_device(),
+                              data_root_dir=root, device=check_device(None),
                               progress=False, log=lambda *_: None)
         from ..tracking import EVAL_CURVE
         curve_path = out / EVAL_CURVE
@@ -87,11 +85,6 @@ def export_evaluator(args):
               f"({'SYNTHETIC' if record['synthetic'] else record['dataset']})")
 
     return on_export
-
-
-def _device() -> str:
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def write_record(out: Path, *, method: str, preset: str, videos, seconds: float) -> dict | None:

@@ -28,7 +28,8 @@ def register(sub) -> None:
                    "mlruns/, summary/")
     p.add_argument("--methods", nargs="+", default=None,
                    help="only these methods of the preset (e.g. scratch flowe)")
-    p.add_argument("--seeds", type=at_least(1), default=None, help="seeds 0..N-1 (default: preset's)")
+    p.add_argument("--seeds", type=at_least(1), default=None,
+                   help="seeds 0..N-1 (default: preset's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else <out>/mlruns)")

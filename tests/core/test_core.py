@@ -88,3 +88,13 @@ def test_pretraining_and_readout_compute_the_same_trunk_and_decoder(output_strid
         if output_stride == 32:  # the readout puts the decoder on the undilated trunk
             readout = build_segmentation_model(ck, "deeplab_v1", 19, log=lambda *_: None).eval()
             assert torch.equal(method.decoder(ours), readout.decoder(theirs))
+
+
+def test_ranges_state_and_check_their_bounds():
+    from core.values import Range
+    assert str(Range(1)) == ">= 1" and str(Range(0, open_low=True)) == "> 0"
+    assert str(Range(0, 1, open_high=True)) == "in [0, 1)"
+    assert str(Range(0, whole=True, note="(0: off)")) == ">= 0 (0: off)"
+    assert 0 in Range(0) and 0 not in Range(0, open_low=True) and 1 not in Range(0, 1,
+                                                                               open_high=True)
+    assert 2.0 not in Range(1, whole=True) and True not in Range(0) and float("nan") not in Range()
