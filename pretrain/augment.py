@@ -65,12 +65,13 @@ def render_view(frame: torch.Tensor, matrix: torch.Tensor, size: tuple[int, int]
 
 
 def photometric(view: torch.Tensor, rng: np.random.Generator, *, blur_p: float,
-                solarize_p: float) -> torch.Tensor:
-    """BYOL's colour pipeline on a [3, h, w] image in [0, 1]."""
+                solarize_p: float, saturation: float = 0.2) -> torch.Tensor:
+    """BYOL's colour pipeline on a [3, h, w] image in [0, 1] (MoCo v2's with saturation 0.4,
+    blur p = 0.5 and no solarize)."""
     if rng.uniform() < 0.8:
         ops = [(TF.adjust_brightness, rng.uniform(0.6, 1.4)),
                (TF.adjust_contrast, rng.uniform(0.6, 1.4)),
-               (TF.adjust_saturation, rng.uniform(0.8, 1.2)),
+               (TF.adjust_saturation, rng.uniform(1 - saturation, 1 + saturation)),
                (TF.adjust_hue, rng.uniform(-0.1, 0.1))]
         for k in rng.permutation(4):
             fn, value = ops[k]
@@ -84,3 +85,17 @@ def photometric(view: torch.Tensor, rng: np.random.Generator, *, blur_p: float,
     if rng.uniform() < solarize_p:
         view = TF.solarize(view, 0.5)
     return view.clamp(0, 1)
+
+
+def crop_views(sources: dict[str, torch.Tensor], rngs: list[np.random.Generator],
+               spec: ViewSpec, colours: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """Image-level views: for each sample n and each source ``k`` (frames [N, 3, H, W]) a
+    random crop / flip by `spec` with the colour changes ``colours[k]`` ->
+    {"view<k>": [N, 3, h, w]}; sample n's randomness is rngs[n]'s."""
+    views: dict[str, list] = {"view" + key: [] for key in sources}
+    for n, rng in enumerate(rngs):
+        for key, src in sources.items():
+            A = view_matrix(src.shape[-2:], spec, rng)
+            v = render_view(src[n], A, spec.size)
+            views["view" + key].append(photometric(v, rng, **colours[key]))
+    return {k: torch.stack(v) for k, v in views.items()}

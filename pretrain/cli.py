@@ -1,10 +1,9 @@
-"""Command line of the pretraining loop, shared by ``bench pretrain`` and
-``torchrun --nproc-per-node N -m pretrain`` (one parser, one run function)."""
+"""Command line of the pretraining loop: the arguments and the run of ``bench pretrain``
+(``python -m pretrain`` and ``torchrun ... -m pretrain`` are that same command)."""
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 FLOW_CHOICES = "dis | farneback | raft_small | raft_large | gt | cache:DIR"
@@ -33,7 +32,7 @@ def at_least(lowest: int):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True,
-                   help="flowe | poodle | byol | byol_crop | byol_video")
+                   help="flowe | poodle | byol | byol_crop | byol_video | moco_v2")
     p.add_argument("--videos", required=True,
                    help="a folder of videos / frame folders (searched recursively)")
     p.add_argument("--out", required=True,
@@ -74,7 +73,7 @@ def run(args, on_export=None) -> int:
     import torch
     import yaml
 
-    from .config import apply_overrides, load_preset, resolve
+    from .config import apply_overrides, differing_keys, load_preset, resolve
     from .data.pairs import FramePairs
     from .data.video import VideoSource
     from core.runtime import rank_world, start_process_group
@@ -96,13 +95,19 @@ def run(args, on_export=None) -> int:
     data = resolved["data"]
     pairs = FramePairs(source, dt_frames=data.get("dt_frames"), dt_seconds=data.get("dt_seconds"),
                        repeats=data.get("repeats", 1), seed=args.seed, flow_cache=cache)
+    # how the run is executed changes what it computes: a resume must match it too
+    resolved["runtime"] = {"world_size": world, "sync_bn": bool(args.sync_bn and world > 1),
+                           "flow_weights": Path(args.flow_weights).name
+                           if args.flow_weights and method_cls.needs_flow else None}
     out = Path(args.out)
     saved = out / "config.yaml"
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        if saved.is_file() and yaml.safe_load(saved.read_text()) != resolved:
-            raise ValueError(f"{out} holds a run with another config ({saved}); pick another "
-                             f"--out or delete it")
+        old = yaml.safe_load(saved.read_text()) if saved.is_file() else None
+        if old is not None and old != resolved:
+            raise ValueError(f"{out} holds a run with another config ({saved}: "
+                             f"{', '.join(differing_keys(old, resolved))} differ); resume with "
+                             f"the same settings, or pick another --out")
         saved.write_text(yaml.safe_dump(resolved, sort_keys=False))
     torch.manual_seed(args.seed)
     method = method_cls(**resolved["model"])
@@ -121,16 +126,3 @@ def run(args, on_export=None) -> int:
             f"{len(curve)} steps; " + (f"checkpoint: {done}" if done.is_file() else
                                        "stopped; rerun the same command to resume"))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog="python -m pretrain",
-                                     description="Pretrain a self-supervised method on video.")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (KeyError, ValueError, FileNotFoundError, FloatingPointError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {message}", file=sys.stderr)
-        return 2

@@ -14,7 +14,7 @@ import yaml
 from core.values import Range, is_number, is_whole, parse_value
 
 from .methods import METHODS, get_method_class
-from .train import PretrainSchedule
+from .train import OPTIMIZERS, PretrainSchedule
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 SECTIONS = {"cited", "model", "data", "flow", "schedule"}
@@ -39,9 +39,11 @@ SCHEDULE_RANGES = {
     "lr": Range(0, open_low=True), "weight_decay": Range(0),
     "warmup_steps": WHOLE_AT_LEAST_0, "checkpoint_every": WHOLE_AT_LEAST_1,
     "export_every": Range(0, whole=True, note="(0: off)"), "seed": WHOLE_AT_LEAST_0,
-    "epochs": Range(0, open_low=True), "warmup_epochs": Range(0), "ema_base": Range(0, 1),
+    "epochs": Range(0, open_low=True), "warmup_epochs": Range(0),
 }
-OPTIMIZERS = ("lars", "adamw")
+# model values with bounds of their own (others: by the type of the constructor's default)
+MODEL_RANGES = {"ema_base": Range(0, 1), "momentum": Range(0, 1),
+                "temperature": Range(0, open_low=True)}
 
 
 def _check_value(where: str, value, allowed: Range) -> None:
@@ -72,7 +74,9 @@ def _check_model_values(method: str, model: dict, where: str) -> None:
                              if p.kind == p.KEYWORD_ONLY})
     for key, value in model.items():
         default, at = defaults.get(key), f"{where}.{key}"
-        if isinstance(default, str):
+        if key in MODEL_RANGES:
+            _check_value(at, value, MODEL_RANGES[key])
+        elif isinstance(default, str):
             if not isinstance(value, str):
                 raise ConfigError(f"{at}: expected a name like {default!r}, got {value!r}")
         elif is_whole(default):
@@ -135,6 +139,10 @@ def validate_preset(method: str, preset: dict, where: str) -> None:
         raise ConfigError(f"{where}.schedule: give at most one of warmup_steps, warmup_epochs")
     if get_method_class(method).needs_flow and not preset.get("flow"):
         raise ConfigError(f"{where}: {method} needs flow: set 'flow'")
+    try:
+        get_method_class(method).check_config(preset["model"], s, f"{where}.model")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def load_preset(method: str, preset: str) -> dict:
@@ -193,3 +201,15 @@ def resolve(method: str, config: dict, *, num_videos: int, seed: int) -> dict:
 
 def known_methods() -> list[str]:
     return sorted(METHODS)
+
+
+def differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs (``runtime.world_size``)."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differing_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out

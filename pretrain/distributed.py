@@ -1,5 +1,5 @@
 """Data-parallel pretraining helpers (the process group itself: core.runtime): means over
-ranks and synchronised BatchNorm on any device
+ranks, gathering from ranks and synchronised BatchNorm on any device
 (``torch.nn.SyncBatchNorm`` is CUDA-only; on CPU the statistics are summed with an
 autograd-aware all-reduce instead)."""
 from __future__ import annotations
@@ -19,6 +19,18 @@ def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(x)
         x /= rank_world()[1]
     return x
+
+
+@torch.no_grad()
+def gather_from_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's x [n, ...] concatenated in rank order (no gradient; MoCo's
+    ``concat_all_gather``); x itself outside torchrun."""
+    world = rank_world()[1]
+    if world == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
 
 
 class _AllReduceSum(torch.autograd.Function):

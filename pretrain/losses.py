@@ -46,3 +46,17 @@ def pooled_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     if p.ndim == 5:
         p, z = p.mean((-2, -1)), z.mean((-2, -1))
     return byol_loss(p.flatten(0, 1), z.flatten(0, 1))
+
+
+def infonce_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor,
+                 temperature: float) -> torch.Tensor:
+    """MoCo's InfoNCE (He et al. 2020, Eq. 1; authors' moco/builder.py):
+    -log exp(q.k+ / t) / (exp(q.k+ / t) + sum_i exp(q.k_i / t)), mean over the batch.
+
+    q: queries [B, C]; k: their positive keys [B, C] (no gradient); queue: negative keys
+    [C, K]; all L2-normalised. The positive is class 0 of a (1 + K)-way cross-entropy.
+    """
+    positive = (q * k.detach()).sum(dim=1, keepdim=True)  # [B, 1]
+    negative = q @ queue.detach()  # [B, K]
+    logits = torch.cat([positive, negative], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))

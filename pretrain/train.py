@@ -1,6 +1,7 @@
-"""The one pretraining loop for every method: LARS or AdamW with warmup + cosine, the BYOL
-EMA target (0.996 -> 1), DistributedDataParallel under torchrun with optional synchronised
-BatchNorm, bf16 autocast on CUDA, per-step deterministic seeding, atomic checkpoints with
+"""The one pretraining loop for every method (the contract it calls: pretrain.methods.base):
+LARS, SGD or AdamW with warmup + cosine, the method's hooks before the forward pass and after
+the optimizer step (EMA targets, queues), DistributedDataParallel under torchrun with
+optional synchronised BatchNorm, bf16 autocast on CUDA, per-step deterministic seeding, atomic checkpoints with
 automatic resume, a stop on a non-finite loss that keeps the last good checkpoint, a
 progress bar with loss and pairs/s, periodic and final backbone export in the
 ``flowssl-backbone/1`` contract, and the run's health in the curve (each loss term, gradient
@@ -27,7 +28,8 @@ from core.runtime import autocast, rank_world
 from .checkpoint import backbone_checkpoint, write_checkpoint
 from .distributed import mean_over_ranks, sync_batchnorm
 from .health import EmbeddingBuffer, collapse_warning, projection_std
-from .optim import LARS, ema_momentum, warmup_cosine
+from .methods.base import StepContext
+from .optim import LARS, warmup_cosine
 
 STATE_NAME = "pretrain_state.pth"
 BACKBONE_NAME = "backbone.pth"
@@ -37,22 +39,26 @@ BACKBONE_NAME = "backbone.pth"
 class PretrainSchedule:
     steps: int
     batch_size: int  # frame pairs per step, over all processes
-    optimizer: str  # "lars" or "adamw"
+    optimizer: str  # "lars", "sgd" or "adamw"
     lr: float
     weight_decay: float
     warmup_steps: int = 0
-    ema_base: float = 0.996
     checkpoint_every: int = 500
     export_every: int = 0  # also write exports/backbone_step<k>.pth every k steps (0: off)
     seed: int = 0
 
 
+OPTIMIZERS = ("lars", "sgd", "adamw")
+
+
 def make_optimizer(params, s: PretrainSchedule) -> torch.optim.Optimizer:
     if s.optimizer == "lars":
         return LARS(params, lr=s.lr, weight_decay=s.weight_decay)
+    if s.optimizer == "sgd":  # MoCo (facebookresearch/moco main_moco.py): momentum 0.9
+        return torch.optim.SGD(params, lr=s.lr, momentum=0.9, weight_decay=s.weight_decay)
     if s.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-    raise ValueError(f"unknown optimizer {s.optimizer!r}; known: lars, adamw")
+    raise ValueError(f"unknown optimizer {s.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
 
 
 def _step_seed(*key: int) -> int:
@@ -171,9 +177,11 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
     if rank == 0:
         remove_stale_temporaries(out_dir, recursive=True, log=log)
     if sync_bn and world > 1:
-        sync_batchnorm(method, device)
+        for name, child in method.named_children():
+            if name not in method.local_batchnorm:
+                setattr(method, name, sync_batchnorm(child, device))
     method.to(device).train()
-    params = [p for m in method.online_modules() for p in m.parameters()]
+    params = method.trainable_parameters()
     optimizer = make_optimizer(params, schedule)
     start, curve = 0, []
     skipped: dict[str, int] = {}  # video reads that failed (this process), kept on resume
@@ -188,7 +196,8 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
     model = method
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
-            method, device_ids=[device.index] if device.type == "cuda" else None)
+            method, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=method.find_unused_parameters)
     end = schedule.steps if stop_after is None else min(stop_after, schedule.steps)
     loader = torch.utils.data.DataLoader(
         StepBatches(pairs, schedule, rank, world), batch_size=None, num_workers=workers,
@@ -204,6 +213,8 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
             group["lr"] = lr
         rngs = [np.random.default_rng([schedule.seed, step, 2, j]) for j in batch["samples"]]
         torch.manual_seed(_step_seed(schedule.seed, step, rank))
+        ctx = StepContext(step=step, total=schedule.steps, seed=schedule.seed)
+        method.before_step(ctx)
         flows = {}
         if method.needs_flow:
             flows["flow_fwd"], flows["flow_bwd"] = _flows(batch, estimator)
@@ -221,9 +232,8 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
         loss.backward()
         norm = grad_norm(params)
         optimizer.step()
-        tau = ema_momentum(step, schedule.steps, base=schedule.ema_base)
-        method.update_target(tau)
-        record = {"step": step + 1, "loss": float(mean_over_ranks(loss)), "lr": lr, "tau": tau}
+        hooked = method.after_step(ctx)
+        record = {"step": step + 1, "loss": float(mean_over_ranks(loss)), "lr": lr, **hooked}
         record.update({k: float(mean_over_ranks(v.float())) for k, v in parts.items()})
         record["grad_norm"] = norm
         for path in batch["skipped"]:

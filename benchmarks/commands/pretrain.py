@@ -1,5 +1,6 @@
-"""`bench pretrain`: the pretraining loop (the same parser and run as ``python -m pretrain``),
-then the local pretraining record and its MLflow run (experiment ``pretrain``)."""
+"""`bench pretrain` (also ``python -m pretrain`` and ``torchrun ... -m pretrain``): the
+pretraining loop, then, on rank 0, the local pretraining record and its MLflow run
+(experiment ``pretrain``)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,8 @@ from pretrain.cli import add_arguments, at_least, run
 
 
 def register(sub) -> None:
-    p = sub.add_parser("pretrain", help="pretrain FlowE / PooDLe / BYOL variants on videos",
+    p = sub.add_parser("pretrain", help="pretrain FlowE / PooDLe / BYOL variants / MoCo v2 "
+                                        "on videos",
                        description="Pretrain a method on a folder of videos and export a "
                                    "flowssl-backbone/1 checkpoint. Under torchrun every "
                                    "process runs it: torchrun --nproc-per-node N -m pretrain ...")

@@ -3,8 +3,9 @@ parts, on random frames through the loop's own pieces:
 
 - ``flow``: forward + backward flow of a batch of frame pairs (RAFT on the device);
 - ``views``: the method's ``make_views`` (crops, affine, colour, view flow, subcrops; CPU);
-- ``step``: forward + backward + optimizer step + EMA (bf16 autocast on CUDA), with its
-  FLOPs counted by ``torch.utils.flop_counter`` and MFU = FLOPs / time / peak.
+- ``step``: forward + backward + optimizer step + the method's hooks (EMA, queue; bf16
+  autocast on CUDA), with its FLOPs counted by ``torch.utils.flop_counter`` and
+  MFU = FLOPs / time / peak.
 
     python -m benchmarks.speed.pretrain_step --device cuda --out pretrain_speed.json
     python -m benchmarks.speed.pretrain_step --arch resnet18 --size 48 96 --batch 2 \\
@@ -24,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from pretrain.config import load_preset
 from pretrain.flow import get_estimator
 from pretrain.methods import get_method_class
-from pretrain.optim import ema_momentum
+from pretrain.methods.base import StepContext
 from core.runtime import autocast
 from pretrain.train import PretrainSchedule, make_optimizer
 
@@ -56,8 +57,7 @@ def measure(name: str, *, preset: str, arch: str, size, frame, batch: int, steps
     s = config["schedule"]
     schedule = PretrainSchedule(steps=1000, batch_size=batch, optimizer=s["optimizer"],
                                 lr=s["lr"], weight_decay=s["weight_decay"])
-    optimizer = make_optimizer([p for m in method.online_modules() for p in m.parameters()],
-                               schedule)
+    optimizer = make_optimizer(method.trainable_parameters(), schedule)
     g = torch.Generator().manual_seed(0)
     f1, f2 = (torch.rand(batch, 3, *frame, generator=g) for _ in range(2))
     estimator = get_estimator(flow, **({"weights": None} if flow.startswith("raft") else {}))
@@ -68,17 +68,19 @@ def measure(name: str, *, preset: str, arch: str, size, frame, batch: int, steps
 
     t_flow, (fwd, bwd) = _timed(run_flow, device, steps)
     rngs = [np.random.default_rng([0, n]) for n in range(batch)]
-    t_views, views = _timed(lambda: method.make_views(f1, f2, rngs, flow_fwd=fwd, flow_bwd=bwd),
-                            device, steps)
+    flows = {"flow_fwd": fwd, "flow_bwd": bwd} if method.needs_flow else {}
+    t_views, views = _timed(lambda: method.make_views(f1, f2, rngs, **flows), device, steps)
     views = {k: v.to(device) if torch.is_tensor(v) else v for k, v in views.items()}
 
     def run_step():
+        ctx = StepContext(step=0, total=schedule.steps, seed=0)
+        method.before_step(ctx)
         with autocast(device):
             loss = sum(method(views).values()).float()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        method.update_target(ema_momentum(0, 1000))
+        method.after_step(ctx)
         return loss
 
     t_step, _ = _timed(run_step, device, steps)

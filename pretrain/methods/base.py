@@ -1,55 +1,78 @@
-"""The small base every method shares: online encoder + projector + predictor, momentum
-targets (EMA copies of the encoder, the projector and whatever a method adds with
-``add_target``), the EMA update, and the backbone export. A method adds how it makes views
-from a frame pair and its loss terms; what it passes to ``observe`` (projections,
-embeddings, mask fractions) is the run's health, logged beside the loss and never added
-to it."""
+"""The method contract, the one thing the pretraining loop (``pretrain.train``) knows about
+a method. A method is one file: a subclass of ``Method`` registered by name, plus its config.
+
+What a method declares (class attributes):
+- ``samples``: what each batch item is; ``"pairs"`` (two frames of one video) today.
+- ``needs_flow``: the loop hands ``make_views`` the forward and backward frame flow.
+- ``find_unused_parameters``: parameters that may get no gradient in a step (DDP is told).
+- ``local_batchnorm``: sub-modules whose BatchNorm is never synchronised (``--sync-bn``),
+  e.g. a key encoder whose batch is defined by shuffle BN (MoCo Sec. 3.3).
+
+What a method implements:
+- ``make_views(frames1, frames2, rngs, **flows) -> dict``: everything random about sample
+  n comes from ``rngs[n]``;
+- ``losses(views) -> {name: scalar}``: loss terms, and only loss terms; the loop sums them.
+
+What a method may hook (defaults do nothing):
+- ``before_step(ctx)`` before the forward pass and ``after_step(ctx) -> {name: float}`` after
+  the optimizer step (momentum encoders, queues, their schedules; the returned values are
+  logged, e.g. the EMA rate). ``ctx`` is a ``StepContext``: the step, the schedule length and
+  a generator every process draws the same numbers from.
+- ``check_config(model, schedule, where)``: refuse model values that do not fit the
+  schedule before any work starts.
+- ``observe(...)`` inside ``losses``: diagnostics (projections, embeddings, mask fractions),
+  logged as the run's health and never added to the loss.
+
+What a method owns: every tensor it keeps between steps is a parameter or a buffer of the
+module (a queue, a pointer), so the run state saves it and a resumed run is bit-identical.
+Trainable parameters are those with ``requires_grad``; momentum copies have it off. A
+predictor or an EMA target exists only where the method makes one (``OnlineTargetMethod``).
+"""
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..models import Encoder, mlp
-from ..optim import ema_update
+from ..optim import ema_momentum, ema_update
 from ..registry import registry
 
 METHODS, register_method, get_method_class = registry("method")
 
 
-class Method(nn.Module):
-    dense = False  # 1x1-conv heads on the feature map instead of pooled MLPs
-    needs_flow = False
+@dataclass(frozen=True)
+class StepContext:
+    step: int  # 0-based
+    total: int  # steps in the schedule
+    seed: int  # the run's seed
 
-    def __init__(self, *, arch: str = "resnet50", output_stride: int = 32, hidden: int = 4096,
-                 out_dim: int = 256):
+    def generator(self, *key: int) -> torch.Generator:
+        """A generator that gives the same numbers on every process for this step and key."""
+        seed = np.random.SeedSequence([self.seed, self.step, 3, *key]).generate_state(1)[0]
+        return torch.Generator().manual_seed(int(seed))
+
+
+class Method(nn.Module):
+    samples = "pairs"
+    needs_flow = False
+    find_unused_parameters = False
+    local_batchnorm: tuple[str, ...] = ()
+
+    def __init__(self, *, arch: str = "resnet50", output_stride: int = 32):
         super().__init__()
         self.encoder = Encoder(arch=arch, output_stride=output_stride)
-        channels = self.encoder.channels["res5"]
-        self.projector = mlp(channels, hidden, out_dim, dense=self.dense)
-        self.predictor = mlp(out_dim, hidden, out_dim, dense=self.dense)
-        self.target_names: list[str] = []
         self._observed: dict = {}
-        self.add_target("encoder")
-        self.add_target("projector")
 
-    def add_target(self, name: str) -> None:
-        """Give online module `name` a momentum copy ``target_<name>`` (no gradients)."""
-        target = copy.deepcopy(getattr(self, name))
-        for p in target.parameters():
-            p.requires_grad_(False)
-        setattr(self, "target_" + name, target)
-        self.target_names.append(name)
+    @classmethod
+    def check_config(cls, model: dict, schedule: dict, where: str) -> None:
+        """Raise ValueError naming ``where.key`` for model values the schedule cannot run."""
 
-    def online_modules(self) -> list[nn.Module]:
-        return [m for name, m in self.named_children() if not name.startswith("target_")]
-
-    @torch.no_grad()
-    def update_target(self, tau: float) -> None:
-        for name in self.target_names:
-            ema_update(getattr(self, "target_" + name), getattr(self, name), tau)
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
 
     def make_views(self, frames1: torch.Tensor, frames2: torch.Tensor,
                    rngs: list[np.random.Generator], **flows) -> dict:
@@ -60,6 +83,12 @@ class Method(nn.Module):
 
     def losses(self, views: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def before_step(self, ctx: StepContext) -> None:
+        pass
+
+    def after_step(self, ctx: StepContext) -> dict[str, float]:
+        return {}
 
     def forward(self, views: dict) -> dict[str, torch.Tensor]:
         self._observed = {}
@@ -85,3 +114,42 @@ class Method(nn.Module):
     def decoder_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Weights exported beside the backbone (PooDLe's SDM); None for most methods."""
         return None
+
+
+def momentum_copy(module: nn.Module) -> nn.Module:
+    """A copy of `module` that gets no gradients (a momentum / EMA encoder)."""
+    target = copy.deepcopy(module)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target
+
+
+class OnlineTargetMethod(Method):
+    """BYOL's structure (Grill et al. 2020, Sec. 3.1), shared by FlowE and PooDLe: an online
+    encoder, projector and predictor, and a target made of EMA copies of the encoder, the
+    projector and whatever a method adds with ``add_target``, moved after every optimizer
+    step with tau from ``ema_base`` to 1 on a cosine (Sec. 3.2)."""
+    dense = False  # 1x1-conv heads on the feature map instead of pooled MLPs
+
+    def __init__(self, *, hidden: int = 4096, out_dim: int = 256, ema_base: float = 0.996,
+                 **kw):
+        super().__init__(**kw)
+        channels = self.encoder.channels["res5"]
+        self.projector = mlp(channels, hidden, out_dim, dense=self.dense)
+        self.predictor = mlp(out_dim, hidden, out_dim, dense=self.dense)
+        self.ema_base = ema_base
+        self.target_names: list[str] = []
+        self.add_target("encoder")
+        self.add_target("projector")
+
+    def add_target(self, name: str) -> None:
+        """Give online module `name` a momentum copy ``target_<name>``."""
+        setattr(self, "target_" + name, momentum_copy(getattr(self, name)))
+        self.target_names.append(name)
+
+    @torch.no_grad()
+    def after_step(self, ctx: StepContext) -> dict[str, float]:
+        tau = ema_momentum(ctx.step, ctx.total, base=self.ema_base)
+        for name in self.target_names:
+            ema_update(getattr(self, "target_" + name), getattr(self, name), tau)
+        return {"tau": tau}

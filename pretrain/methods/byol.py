@@ -7,14 +7,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..augment import ViewSpec, photometric, render_view, view_matrix
+from ..augment import ViewSpec, crop_views
 from ..correspondence import VIEW_COLOUR
 from ..losses import byol_loss
-from .base import Method, register_method
+from .base import OnlineTargetMethod, register_method
 
 
 @register_method("byol")
-class BYOL(Method):
+class BYOL(OnlineTargetMethod):
     area = (0.08, 1.0)  # BYOL's RandomResizedCrop
     two_frames = False
 
@@ -24,13 +24,7 @@ class BYOL(Method):
 
     def make_views(self, frames1, frames2, rngs: list[np.random.Generator]) -> dict:
         sources = {"1": frames1, "2": frames2 if self.two_frames else frames1}
-        views = {"view1": [], "view2": []}
-        for n, rng in enumerate(rngs):
-            for key, src in sources.items():
-                A = view_matrix(src.shape[-2:], self.spec, rng)
-                v = render_view(src[n], A, self.spec.size)
-                views["view" + key].append(photometric(v, rng, **VIEW_COLOUR[key]))
-        return {k: torch.stack(v) for k, v in views.items()}
+        return crop_views(sources, rngs, self.spec, VIEW_COLOUR)
 
     def _online(self, x):
         """Pooled res5 embedding h, projection z and prediction q(z) of the online network."""

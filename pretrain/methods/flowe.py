@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..augment import ViewSpec
 from ..correspondence import paired_views, view_correspondence
 from ..losses import dense_equivariance_loss
-from .base import Method, register_method
+from .base import OnlineTargetMethod, register_method
 
 
 def upsampled(x, size):
@@ -23,7 +23,7 @@ def upsampled(x, size):
 
 
 @register_method("flowe")
-class FlowE(Method):
+class FlowE(OnlineTargetMethod):
     dense = True
     needs_flow = True
 

@@ -28,7 +28,7 @@ from ..correspondence import VIEW_COLOUR, paired_views, view_correspondence
 from ..flow.geometry import sample_at
 from ..losses import dense_equivariance_loss, pooled_loss
 from ..models import mlp
-from .base import Method, register_method
+from .base import OnlineTargetMethod, register_method
 from .flowe import upsampled
 
 
@@ -73,7 +73,7 @@ def centred_box(centre, size: tuple[int, int], area: tuple[float, float],
 
 
 @register_method("poodle")
-class PooDLe(Method):
+class PooDLe(OnlineTargetMethod):
     dense = True
     needs_flow = True
 

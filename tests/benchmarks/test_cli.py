@@ -135,27 +135,30 @@ def test_console_script_demo_end_to_end_then_the_readme_commands_as_written(
     assert "SYNTHETIC" in run.stdout
     assert "bench ui --tracking-uri demo/mlruns" in run.stdout
     assert (demo / "stats" / "bdd100k_synthetic_train.csv").is_file()
-    labels = sorted(["BYOL", "BYOL (crop)", "BYOL (crop w/ video)", "FlowE", "PooDLe",
+    labels = sorted(["BYOL", "BYOL (crop)", "BYOL (crop w/ video)", "FlowE", "MoCo v2",
+                     "PooDLe",
                      "Scratch", "Supervised (world labels)"])
     board = (demo / "leaderboard.csv").read_text()  # MLflow, one row per checkpoint
     rows = list(csv.DictReader(io.StringIO(board)))
     assert sorted(r["method"] for r in rows) == labels
     assert all(r["source"] == "ours (SYNTHETIC world)" and float(r["mIoU"]) >= 0 for r in rows)
     study = list(csv.DictReader((demo / "summary" / "leaderboard.csv").open()))
-    assert len(study) == 3 * 7 and {r["seeds"] for r in study} == {"1"}
+    assert len(study) == 3 * len(labels) and {r["seeds"] for r in study} == {"1"}
     assert sorted({r["method"] for r in study}) == labels
     assert {r["suite"] for r in study} == {"cityscapes_linear", "bdd_linear", "cityscapes_knn"}
     assert (demo / "summary" / "leaderboard.png").is_file()
     health = list(csv.DictReader((demo / "summary" / "pretrain_health.csv").open()))
     assert {r["method"] for r in health} >= {"flowe", "poodle"}
     assert all(float(r["rankme"]) >= 1 for r in health if r["method"] != "supervised")
-    assert run.stdout.count("[mlflow] logged") == 6 + 21  # 6 pretraining + 21 readout runs
+    # a pretraining run for every method but Scratch, three readouts for each
+    assert run.stdout.count("[mlflow] logged") == len(labels) - 1 + 3 * len(labels)
     assert (demo / "mlruns" / "mlflow.db").is_file()
     capsys.readouterr()
     assert main(["study", "--preset", "tiny", "--out", str(demo), "--no-progress"]) == 0
     again = capsys.readouterr().out
     assert "reusing" in again and "[mlflow] logged" not in again and "$ bench" not in again
-    assert again.count("is already finished") == 21 and again.count("is pretrained") == 6
+    assert again.count("is already finished") == 3 * len(labels)
+    assert again.count("is pretrained") == len(labels) - 1
     assert (demo / "leaderboard.csv").read_text() == board
 
     commands = readme_commands()

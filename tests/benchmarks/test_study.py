@@ -100,6 +100,8 @@ def test_gpu_study_preset_runs_at_tiny_size_on_cpu(name, tiny_root, tmp_path):
              "data.repeats=1", "data.dt_frames=[1, 2]"]
     if "subcrop_size" in config["model"]:
         small.append("model.subcrop_size=[32, 32]")
+    if "shuffle_bn_group" in config["model"]:
+        small.append("model.shuffle_bn_group=2")
     resolved = resolve(name, apply_overrides(config, small), num_videos=3, seed=0)
     method = get_method_class(name)(**resolved["model"])
     source = VideoSource(tiny_root / "bdd100k" / "videos" / "train")

@@ -1,6 +1,7 @@
 """Two gloo processes with synchronised BatchNorm, each taking half of the global batch,
 train like one process with the whole batch, up to float32 rounding (every registered
-method, through the command line torchrun runs)."""
+method, through the command line torchrun runs); a MoCo queue holds the same keys."""
+import json
 import os
 import socket
 
@@ -8,16 +9,16 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from pretrain.cli import main
+from benchmarks.cli import main as bench
 from pretrain.methods import METHODS
 
 METHOD_NAMES = sorted(METHODS)
 
 
 def _argv(name, videos, out, *extra):
-    return ["--method", name, "--preset", "smoke", "--flow", "gt", "--videos", str(videos),
-            "--out", str(out), "--no-progress", "schedule.steps=2", "schedule.batch_size=4",
-            *extra]
+    return ["pretrain", "--method", name, "--preset", "smoke", "--flow", "gt", "--videos",
+            str(videos), "--out", str(out), "--no-progress", "schedule.steps=2",
+            "schedule.batch_size=4", *extra]
 
 
 def _rank(rank, port, videos, root):
@@ -26,7 +27,7 @@ def _rank(rank, port, videos, root):
     torch.set_num_threads(1)
     try:
         for name in METHOD_NAMES:
-            assert main(_argv(name, videos, root / name / "ddp", "--sync-bn")) == 0
+            assert bench(_argv(name, videos, root / name / "ddp", "--sync-bn")) == 0
     finally:
         torch.distributed.destroy_process_group()
 
@@ -43,7 +44,7 @@ def runs(tiny_root, tmp_path_factory):
     videos = tiny_root / "bdd100k" / "videos"
     mp.spawn(_rank, args=(_free_port(), videos, root), nprocs=2, join=True)
     for name in METHOD_NAMES:
-        assert main(_argv(name, videos, root / name / "single")) == 0
+        assert bench(_argv(name, videos, root / name / "single")) == 0
     return root
 
 
@@ -58,6 +59,31 @@ def test_two_processes_match_one_process_with_the_same_global_batch(name, runs):
     # order differs between the runs and AdamW's first step is lr * sign(g) for gradients
     # that are rounding noise, so single tensors may differ; the whole must not
     # (per-process BatchNorm statistics give relative differences above 1)
-    keys = [k for k, v in single["method"].items() if v.is_floating_point()]
+    if "queue" in single["method"]:  # MoCo: keys gathered from both processes, in order
+        assert torch.equal(ddp["method"]["queue_ptr"], single["method"]["queue_ptr"])
+        assert torch.allclose(ddp["method"]["queue"], single["method"]["queue"], atol=1e-4)
+    # BatchNorm statistics of modules the method keeps per process (MoCo's shuffle-BN key
+    # encoder) are each process's own, as in the authors' code
+    local = METHODS[name].local_batchnorm
+    keys = [k for k, v in single["method"].items() if v.is_floating_point()
+            and not (k.split(".")[0] in local and ".running_" in k)]
     a, b = (torch.cat([run["method"][k].double().flatten() for k in keys]) for run in (ddp, single))
     assert ((a - b).norm() / b.norm()).item() < 1e-2
+
+
+def test_torchrun_writes_the_record_and_mlflow_run_once_and_refuses_another_world(
+        runs, tiny_root, capsys):
+    """torchrun -m pretrain is bench pretrain: rank 0 writes the record and its MLflow run;
+    the resolved config holds the world size and sync-BN, so a resume in another world is
+    refused naming them."""
+    import yaml
+    from benchmarks.tracking import store_uri, synced_run_id
+    name = METHOD_NAMES[0]
+    ddp = runs / name / "ddp"
+    record = json.loads((ddp / "pretrain_record.json").read_text())
+    assert record["status"] == "finished" and record["method"] == name
+    assert synced_run_id(ddp, store_uri(None))
+    runtime = yaml.safe_load((ddp / "config.yaml").read_text())["runtime"]
+    assert runtime["world_size"] == 2 and runtime["sync_bn"] is True
+    assert bench(_argv(name, tiny_root / "bdd100k" / "videos", ddp)) == 2
+    assert "runtime.sync_bn, runtime.world_size differ" in capsys.readouterr().err

@@ -5,7 +5,8 @@ from pretrain.data.pairs import FramePairs
 from pretrain.data.video import VideoSource
 from pretrain.config import load_preset
 from pretrain.flow import get_estimator
-from pretrain.methods import METHODS, get_method_class
+from pretrain.methods import METHODS, Method, get_method_class
+from pretrain.methods.base import OnlineTargetMethod
 from pretrain.train import PretrainSchedule, pretrain
 
 
@@ -22,27 +23,71 @@ SCHEDULE = PretrainSchedule(steps=3, batch_size=2, optimizer="lars", lr=0.1, wei
                             checkpoint_every=1, seed=4)
 
 
+def _run(method, tiny_root, out, stop_after):
+    return pretrain(method, _pairs(tiny_root), SCHEDULE, out_dir=out, stop_after=stop_after,
+                    estimator=get_estimator("gt"), progress=False, log=lambda *_: None)
+
+
+def _parameters(module, trainable: bool) -> dict:
+    return {k: p.detach().clone() for k, p in module.named_parameters()
+            if p.requires_grad == trainable}
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_two_steps_train_online_and_move_target_by_ema(name, tiny_root, tmp_path):
+def test_a_step_trains_the_encoder_and_the_loss_is_the_sum_of_the_terms(name, tiny_root,
+                                                                         tmp_path):
+    """What the contract promises for every method."""
     method = _method(name)
+    assert isinstance(method, Method) and method.samples == "pairs"
     # parameters only: BatchNorm running statistics change in any forward pass, so a check
     # that included them would pass with an optimizer that never updates a weight
-    online0 = {k: p.detach().clone() for k, p in method.encoder.named_parameters()}
-    target0 = [p.clone() for p in method.target_encoder.parameters()]
-    curve = pretrain(method, _pairs(tiny_root), SCHEDULE, out_dir=tmp_path, stop_after=1,
-                     estimator=get_estimator("gt"), progress=False, log=lambda *_: None)
+    online0 = _parameters(method.encoder, trainable=True)
+    curve = _run(method, tiny_root, tmp_path, stop_after=1)
     assert len(curve) == 1 and torch.isfinite(torch.tensor(curve[0]["loss"]))
-    moved = [k for k, p in method.encoder.named_parameters() if not torch.equal(p, online0[k])]
-    assert len(moved) >= 0.9 * len(online0)  # the online network learns
+    terms = [k for k in curve[0] if k.startswith("loss_")]
+    assert terms and curve[0]["loss"] == pytest.approx(sum(curve[0][k] for k in terms))
+    now = dict(method.encoder.named_parameters())
+    moved = [k for k, p in online0.items() if not torch.equal(now[k], p)]
+    assert len(moved) >= 0.9 * len(online0)
+    curve = _run(method, tiny_root, tmp_path, stop_after=2)
+    assert [c["step"] for c in curve] == [1, 2]
+
+
+ONLINE_TARGET = sorted(n for n, c in METHODS.items() if issubclass(c, OnlineTargetMethod))
+
+
+@pytest.mark.parametrize("name", ONLINE_TARGET)
+def test_online_target_methods_move_every_target_by_ema_after_the_step(name, tiny_root,
+                                                                       tmp_path):
+    method = _method(name)
+    assert method.target_names[:2] == ["encoder", "projector"]
+    targets0 = {t: _parameters(getattr(method, "target_" + t), trainable=False)
+                for t in method.target_names}
+    curve = _run(method, tiny_root, tmp_path, stop_after=1)
     tau = curve[0]["tau"]
-    assert tau == pytest.approx(0.996)
-    for t, t0, o in zip(method.target_encoder.parameters(), target0,
-                        method.encoder.parameters()):
-        assert torch.allclose(t, tau * t0 + (1 - tau) * o, rtol=1e-6, atol=1e-7)
-    curve = pretrain(method, _pairs(tiny_root), SCHEDULE, out_dir=tmp_path, stop_after=2,
-                     estimator=get_estimator("gt"), progress=False, log=lambda *_: None)
-    assert [c["step"] for c in curve] == [1, 2] and all(
-        torch.isfinite(torch.tensor(c["loss"])) for c in curve)
+    assert tau == pytest.approx(method.ema_base)  # BYOL Sec. 3.2 at step 0
+    for t, before in targets0.items():
+        online = dict(getattr(method, t).named_parameters())
+        for k, p in getattr(method, "target_" + t).named_parameters():
+            assert not p.requires_grad
+            assert torch.allclose(p, tau * before[k] + (1 - tau) * online[k],
+                                  rtol=1e-6, atol=1e-7), (t, k)
+
+
+def test_moco_v2_has_no_predictor_and_enqueues_a_batch_of_unit_keys(tiny_root, tmp_path):
+    method = _method("moco_v2")
+    assert not hasattr(method, "predictor") and not hasattr(method, "target_encoder")
+    queue0, key0 = method.queue.clone(), _parameters(method.key_encoder, trainable=False)
+    _run(method, tiny_root, tmp_path, stop_after=1)
+    batch, m = SCHEDULE.batch_size, method.momentum
+    assert int(method.queue_ptr) == batch
+    new = method.queue[:, :batch]
+    assert not torch.allclose(new, queue0[:, :batch])
+    assert torch.allclose(new.norm(dim=0), torch.ones(batch), atol=1e-5)
+    assert torch.equal(method.queue[:, batch:], queue0[:, batch:])
+    online = dict(method.encoder.named_parameters())
+    for k, p in method.key_encoder.named_parameters():
+        assert torch.allclose(p, m * key0[k] + (1 - m) * online[k], rtol=1e-6, atol=1e-7), k
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

@@ -20,7 +20,6 @@ import pretrain.data.pairs  # noqa: F401
 import readout.model  # noqa: F401
 import readout.train  # noqa: F401
 from benchmarks.cli import main as bench
-from pretrain.cli import main as pretrain_main
 from tests.helpers import free_port
 
 TRIALS = 3
@@ -74,17 +73,19 @@ def _kill_then_resume(entry, argv_of, state_of, result_of, tmp_path):
 @pytest.mark.parametrize("method", ["byol_video"])
 def test_pretraining_killed_at_random_points_resumes_bit_identically(method, tiny_root,
                                                                      tmp_path):
+    store = f"http://127.0.0.1:{free_port()}"  # nothing listens: the local record alone
+
     def argv_of(out):
-        return ["--method", method, "--preset", "smoke", "--videos",
+        return ["pretrain", "--method", method, "--preset", "smoke", "--videos",
                 str(tiny_root / "bdd100k" / "videos"), "--out", str(out), "--no-progress",
-                "schedule.steps=5", "schedule.checkpoint_every=1"]
+                "--tracking-uri", store, "schedule.steps=5", "schedule.checkpoint_every=1"]
 
     def result_of(out):
         ck = torch.load(out / "backbone.pth", weights_only=True)["state_dict"]
         curve = json.loads((out / "curve.json").read_text())
         return ({k: v.numpy().tobytes() for k, v in ck.items()},
                 [(c["step"], c["loss"]) for c in curve])
-    _kill_then_resume(pretrain_main, argv_of, lambda out: out / "pretrain_state.pth",
+    _kill_then_resume(bench, argv_of, lambda out: out / "pretrain_state.pth",
                       result_of, tmp_path)
 
 

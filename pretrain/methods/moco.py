@@ -1,0 +1,127 @@
+"""MoCo v2 (He et al. 2020, "Momentum Contrast"; Chen et al. 2020, "Improved Baselines with
+Momentum Contrastive Learning"), as the authors' code facebookresearch/moco
+(moco/builder.py, main_moco.py with --mlp --aug-plus --cos) trains it:
+
+- a query encoder with an MLP head (res5 pooled -> 2048 -> ReLU -> 128; builder.py ``mlp``),
+  and a key encoder + head that are momentum copies (m = 0.999, builder.py
+  ``_momentum_update_key_encoder``: parameters only);
+- the InfoNCE loss (MoCo Eq. 1) of each query against its key and a queue of 65,536 keys of
+  earlier batches, temperature 0.2 (MoCo v2 Sec. 2), one direction (view 1 queries);
+- shuffle BN (MoCo Sec. 3.3, builder.py ``_batch_shuffle_ddp``): the key encoder sees the
+  global batch in a random order, cut into groups of ``shuffle_bn_group`` samples, each
+  normalised with its own BatchNorm statistics (the authors' groups are one GPU's 32
+  samples: batch 256 over 8 GPUs); the same groups whatever the number of processes;
+- the queue takes the keys of every process (builder.py ``concat_all_gather``) after the
+  optimizer step, oldest keys first out.
+
+Views: both from one frame (video frames used as images, like ``byol``), MoCo v2's
+augmentation (main_moco.py --aug-plus): RandomResizedCrop area 0.2-1, colour jitter
+(0.4, 0.4, 0.4, 0.1) with p = 0.8, grayscale p = 0.2, Gaussian blur sigma 0.1-2 with p = 0.5,
+horizontal flip; no solarize.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.runtime import rank_world
+
+from ..augment import ViewSpec, crop_views
+from ..distributed import gather_from_ranks
+from ..losses import infonce_loss
+from ..optim import ema_update
+from .base import Method, StepContext, momentum_copy, register_method
+
+MOCO_V2_COLOUR = dict(blur_p=0.5, solarize_p=0.0, saturation=0.4)  # main_moco.py --aug-plus
+
+
+@register_method("moco_v2")
+class MoCoV2(Method):
+    local_batchnorm = ("key_encoder", "key_head")  # shuffle BN defines their batches
+
+    def __init__(self, *, view_size=(224, 224), crop_area=(0.2, 1.0), hidden: int = 2048,
+                 out_dim: int = 128, queue_size: int = 65536, momentum: float = 0.999,
+                 temperature: float = 0.2, shuffle_bn_group: int = 32, **kw):
+        super().__init__(**kw)
+        self.spec = ViewSpec(size=tuple(view_size), area=tuple(crop_area))
+        self.momentum, self.temperature = momentum, temperature
+        self.group = int(shuffle_bn_group)
+        self.head = nn.Sequential(nn.Linear(self.encoder.channels["res5"], hidden),
+                                  nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+        self.key_encoder = momentum_copy(self.encoder)
+        self.key_head = momentum_copy(self.head)
+        self.register_buffer("queue", F.normalize(torch.randn(out_dim, queue_size), dim=0))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self._ctx: StepContext | None = None
+        self._new_keys: torch.Tensor | None = None
+
+    @classmethod
+    def check_config(cls, model: dict, schedule: dict, where: str) -> None:
+        batch, group = schedule.get("batch_size"), model.get("shuffle_bn_group", 32)
+        if batch is None:
+            return
+        if batch % group:
+            raise ValueError(f"{where}.shuffle_bn_group: {group} does not divide the batch "
+                             f"size {batch}; pick a divisor")
+        if model.get("queue_size", 65536) < batch:
+            raise ValueError(f"{where}.queue_size: {model.get('queue_size')} is smaller than "
+                             f"the batch size {batch}; the queue must hold a whole batch")
+
+    def make_views(self, frames1, frames2, rngs: list[np.random.Generator]) -> dict:
+        colours = {"1": MOCO_V2_COLOUR, "2": MOCO_V2_COLOUR}
+        return crop_views({"1": frames1, "2": frames1}, rngs, self.spec, colours)
+
+    def before_step(self, ctx: StepContext) -> None:
+        self._ctx = ctx
+
+    def _embed(self, encoder, head, x):
+        h = encoder(x)["res5"].mean(dim=(2, 3))
+        return h, head(h)
+
+    @torch.no_grad()
+    def _keys(self, x: torch.Tensor) -> torch.Tensor:
+        """Shuffle BN: keys [world * n, D] (L2-normalised) of every process's views, in
+        global sample order."""
+        rank, world = rank_world()
+        n = len(x)
+        if n % self.group:
+            raise ValueError(f"model.shuffle_bn_group: {self.group} does not divide the "
+                             f"{n} samples of each of the {world} processes")
+        everyone = gather_from_ranks(x)
+        order = torch.randperm(len(everyone), generator=self._ctx.generator())
+        mine = everyone[order[rank * n:(rank + 1) * n].to(x.device)]
+        keys = torch.cat([F.normalize(self._embed(self.key_encoder, self.key_head, chunk)[1]
+                                      .float(), dim=1) for chunk in mine.split(self.group)])
+        shuffled = gather_from_ranks(keys)
+        out = torch.empty_like(shuffled)
+        out[order.to(x.device)] = shuffled
+        return out
+
+    def losses(self, views: dict) -> dict[str, torch.Tensor]:
+        if self._ctx is None:
+            raise RuntimeError("moco_v2: before_step() was not called (the loop's contract)")
+        v1, v2 = views["view1"], views["view2"]
+        rank, n = rank_world()[0], len(v1)
+        keys = self._keys(v2)
+        self._new_keys = keys
+        h, z = self._embed(self.encoder, self.head, v1)
+        self.observe(projections=z, embeddings=h)
+        q = F.normalize(z.float(), dim=1)
+        k = keys[rank * n:(rank + 1) * n]
+        return {"loss_infonce": infonce_loss(q, k, self.queue, self.temperature)}
+
+    @torch.no_grad()
+    def after_step(self, ctx: StepContext) -> dict[str, float]:
+        """Momentum update of the key encoder and head (the authors make it at the start of
+        the next forward pass: the same values), then enqueue this step's keys."""
+        ema_update(self.key_encoder, self.encoder, self.momentum)
+        ema_update(self.key_head, self.head, self.momentum)
+        keys, self._new_keys = self._new_keys, None
+        if keys is not None:
+            size = self.queue.shape[1]
+            slots = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % size
+            self.queue[:, slots] = keys.T.to(self.queue.dtype)
+            self.queue_ptr.fill_((int(self.queue_ptr) + len(keys)) % size)
+        return {}
