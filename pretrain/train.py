@@ -1,9 +1,10 @@
 """The one pretraining loop for every method (the contract it calls: pretrain.methods.base):
-LARS, SGD or AdamW with warmup + cosine, the method's hooks before the forward pass and after
-the optimizer step (EMA targets, queues), DistributedDataParallel under torchrun with
-optional synchronised BatchNorm, bf16 autocast on CUDA, per-step deterministic seeding, atomic checkpoints with
-automatic resume, a stop on a non-finite loss that keeps the last good checkpoint, a
-progress bar with loss and pairs/s, periodic and final backbone export in the
+LARS, SGD or AdamW with warmup + cosine, the method's hooks before the forward pass and
+after the optimizer step (EMA targets, queues), CPU threads per process (core.runtime),
+DistributedDataParallel under torchrun with optional synchronised BatchNorm, bf16 autocast
+on CUDA, per-step deterministic seeding, atomic checkpoints with automatic resume, a stop
+on a non-finite loss that keeps the last good checkpoint, a progress bar with loss and
+pairs/s, periodic and final backbone export in the
 ``flowssl-backbone/1`` contract, and the run's health in the curve (each loss term, gradient
 norm, projection std, RankMe, mask fraction; ``pretrain.health``) with a collapse warning.
 
@@ -23,7 +24,8 @@ import torch
 from tqdm import tqdm
 
 from core.io import remove_stale_temporaries
-from core.runtime import autocast, rank_world
+from core.runtime import (autocast, one_thread_worker, rank_world, set_threads,
+                          threads_per_process)
 
 from .checkpoint import backbone_checkpoint, write_checkpoint
 from .distributed import mean_over_ranks, sync_batchnorm
@@ -172,6 +174,9 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
     (rank 0) after each periodic export, e.g. to evaluate it."""
     device = torch.device(device)
     rank, world = rank_world()
+    threads = set_threads(threads_per_process())
+    if rank == 0:
+        log(f"{threads} CPU thread(s) per process for torch and OpenCV, 1 per loader worker")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
@@ -201,7 +206,7 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
     end = schedule.steps if stop_after is None else min(stop_after, schedule.steps)
     loader = torch.utils.data.DataLoader(
         StepBatches(pairs, schedule, rank, world), batch_size=None, num_workers=workers,
-        sampler=range(start, end), persistent_workers=False,
+        sampler=range(start, end), persistent_workers=False, worker_init_fn=one_thread_worker,
         multiprocessing_context="spawn" if workers else None)
     bar = tqdm(total=end - start, desc=f"pretrain {method.name}",
                disable=not progress or rank != 0)

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from core.runtime import autocast, rank_world
+from core.runtime import autocast, one_thread_worker, rank_world
 
 from .backbone import save_checkpoint
 from .coco_eval import coco_metrics, to_coco_results
@@ -128,7 +128,8 @@ def train_readout(model, dataset, schedule: ReadoutSchedule, *, device, work_dir
     loader = torch.utils.data.DataLoader(
         _TrainSamples(dataset, schedule, type(model).train_sample, indices),
         batch_size=per_rank, sampler=order, collate_fn=type(model).collate,
-        num_workers=schedule.num_workers, persistent_workers=False)
+        num_workers=schedule.num_workers, persistent_workers=False,
+        worker_init_fn=one_thread_worker)
     bar = tqdm(total=end - start, initial=0, desc="readout", disable=not progress or rank > 0,
                dynamic_ncols=True)
     t0 = time.perf_counter()

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import torch
 
+from benchmarks.speed import add_threads_argument, apply_threads
 from readout.backbone import scratch_checkpoint
 from readout.detection import DETECTORS, build_detection_model
 
@@ -69,8 +70,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--detectors", nargs="*", default=sorted(DETECTORS))
+    add_threads_argument(ap)
     args = ap.parse_args(argv)
-    print(f"# {platform.node()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"# {platform.node()}, torch {torch.__version__}, {apply_threads(args)}")
     for name in args.detectors:
         print(json.dumps(time_detector(name, arch=args.arch, size=args.size, batch=args.batch,
                                        steps=args.steps, device=args.device)), flush=True)

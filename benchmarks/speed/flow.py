@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+from benchmarks.speed import add_threads_argument, apply_threads
 from pretrain.flow import get_estimator
 from pretrain.flow.cache import decode, encode
 
@@ -45,15 +46,11 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", nargs="+", default=["1/32", "1/16", "1/8"])
     ap.add_argument("--levels", nargs="+", type=int, default=[1, 3, 6, 9],
                     help="PNG (zlib) levels to time for the cache at step 1/8")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch and OpenCV threads of this process (default 1: what one "
-                         "DataLoader worker or precompute worker gets)")
+    add_threads_argument(ap, default=1)  # what one loader or precompute worker gets
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)
+    threads = apply_threads(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} torch / "
-          f"{cv2.getNumThreads()} OpenCV threads, device {device}")
+    print(f"# torch {torch.__version__}, {threads}, device {device}")
     for size_text in args.sizes:
         size = tuple(int(v) for v in size_text.split("x"))
         data = frames(size, args.pairs)

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from benchmarks.speed import add_threads_argument, apply_threads
 from readout.datasets.classes import (cityscapes_label_to_train_lut,
                                       cityscapes_train_to_label_ids)
 from readout.metrics import SegmentationMetric
@@ -41,7 +42,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=10)
     ap.add_argument("--size", type=int, nargs=2, default=(1024, 2048))
+    add_threads_argument(ap)
     args = ap.parse_args(argv)
+    print(f"# {apply_threads(args)}")
     from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as ev
     from cityscapesscripts.helpers.labels import labels
 

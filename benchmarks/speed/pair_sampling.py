@@ -19,6 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from benchmarks.speed import add_threads_argument, apply_threads
+
 
 def write_test_video(path: Path, *, seconds: float, fps: int = 30, size=(720, 1280),
                      gop: int = 30, seed: int = 0) -> Path:
@@ -73,9 +75,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--naive-pairs", type=int, default=6)
     ap.add_argument("--video", default=None, help="use this video instead of writing one")
+    add_threads_argument(ap, default=1)  # decoding runs in one loader worker
     args = ap.parse_args(argv)
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    cv2.setNumThreads(1)
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.threads]))
+    print(f"# {apply_threads(args)}")
     tmp = tempfile.TemporaryDirectory()
     path = Path(args.video) if args.video else write_test_video(
         Path(tmp.name) / "test.mp4", seconds=args.seconds, gop=args.gop)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.speed import add_threads_argument, apply_threads
 from pretrain.config import load_preset
 from pretrain.flow import get_estimator
 from pretrain.methods import get_method_class
@@ -112,10 +113,12 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
     ap.add_argument("--out", default=None, help="write the results to this JSON file")
+    add_threads_argument(ap)
     args = ap.parse_args(argv)
+    threads = apply_threads(args)
     info = {"host": platform.node(), "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-    print(f"# {info}")
+    print(f"# {info}, {threads}")
     results = []
     for name in args.methods:
         results.append(measure(name, preset=args.preset, arch=args.arch, size=args.size,

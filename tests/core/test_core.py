@@ -98,3 +98,31 @@ def test_ranges_state_and_check_their_bounds():
     assert 0 in Range(0) and 0 not in Range(0, open_low=True) and 1 not in Range(0, 1,
                                                                                open_high=True)
     assert 2.0 not in Range(1, whole=True) and True not in Range(0) and float("nan") not in Range()
+
+
+def test_threads_per_process_share_the_cores_and_set_torch_and_opencv(monkeypatch):
+    import cv2
+    from core.runtime import cpu_cores, set_threads, threads_per_process
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert threads_per_process() == max(1, cpu_cores() // 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(4 * cpu_cores()))
+    assert threads_per_process() == 1
+    try:
+        assert set_threads(1) == 1 and torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
+
+
+SPEED_SCRIPTS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "benchmarks" /
+                                        "speed").glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("script", SPEED_SCRIPTS)
+def test_every_speed_script_sets_and_states_its_threads(script, capsys):
+    import importlib
+    module = importlib.import_module(f"benchmarks.speed.{script}")
+    with pytest.raises(SystemExit):
+        module.main(["--help"])
+    assert "--threads" in capsys.readouterr().out
