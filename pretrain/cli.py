@@ -59,14 +59,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="config overrides, e.g. schedule.lr=0.05 model.arch=resnet18")
 
 
-def _flow(name: str, weights):
-    """(estimator, cache) for the --flow value."""
+def _flow(value, weights):
+    """(estimator, cache) for the config's flow (a name, cache:DIR or a mapping)."""
     from .flow import get_estimator
     from .flow.cache import FlowCache
-    if name.startswith("cache:"):
-        return None, FlowCache(name[len("cache:"):])
-    kwargs = {"weights": weights} if name.startswith("raft") else {}
-    return get_estimator(name, **kwargs), None
+    from .flow.estimators import flow_spec
+    spec = flow_spec(value)
+    if "cache" in spec:
+        return None, FlowCache(spec["cache"])
+    kwargs = {k: spec[k] for k in ("release", "iterations") if k in spec}
+    if weights and not spec["estimator"].startswith("raft"):
+        raise ValueError(f"--flow-weights is for RAFT; the flow estimator is "
+                         f"{spec['estimator']}")
+    if weights:  # RAFT without a weights file: its error says which file to get
+        kwargs["weights"] = weights
+    return get_estimator(spec["estimator"], **kwargs), None
 
 
 def run(args, on_export=None) -> int:

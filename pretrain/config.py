@@ -13,6 +13,7 @@ import yaml
 
 from core.values import Range, is_number, is_whole, parse_value
 
+from .flow.estimators import flow_spec
 from .methods import METHODS, get_method_class
 from .train import OPTIMIZERS, PretrainSchedule
 
@@ -139,6 +140,11 @@ def validate_preset(method: str, preset: dict, where: str) -> None:
         raise ConfigError(f"{where}.schedule: give at most one of warmup_steps, warmup_epochs")
     if get_method_class(method).needs_flow and not preset.get("flow"):
         raise ConfigError(f"{where}: {method} needs flow: set 'flow'")
+    if preset.get("flow") is not None:
+        try:
+            flow_spec(preset["flow"])
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"{where}.flow: {e.args[0]}") from None
     try:
         get_method_class(method).check_config(preset["model"], s, f"{where}.model")
     except ValueError as e:
@@ -163,7 +169,8 @@ def load_preset(method: str, preset: str) -> dict:
 
 
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
-    """``schedule.lr=0.05``, ``model.view_size=[64,128]``, ``flow=dis``: values are YAML."""
+    """``schedule.lr=0.05``, ``model.view_size=[64,128]``, ``flow=dis``,
+    ``flow.iterations=24``: values are YAML."""
     config = {k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()}
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -171,9 +178,14 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r} is not key=value")
         section, _, name = key.partition(".")
         parsed = parse_value(item, value, ConfigError)
-        if name:
+        if name and section == "flow":  # one setting of the estimator
+            flow = config.get("flow")
+            config["flow"] = {**(flow if isinstance(flow, dict) else
+                                 {"estimator": flow} if flow else {}), name: parsed}
+        elif name:
             if section not in ("model", "data", "schedule"):
-                raise ConfigError(f"override {key!r}: sections are model, data, schedule")
+                raise ConfigError(f"override {key!r}: sections are model, data, schedule, "
+                                  f"flow")
             config[section].pop(EXCLUSIVE.get(name), None)
             config[section][name] = parsed
         elif section in ("flow", "cited"):

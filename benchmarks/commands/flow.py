@@ -51,17 +51,34 @@ def _video_args(p) -> None:
                    help="dis (CPU default), farneback, raft_small / raft_large (need "
                         "--weights), gt (synthetic world only)")
     p.add_argument("--weights", default=None, help="local RAFT weights file")
+    p.add_argument("--release", default=None,
+                   help="torchvision RAFT weights release of --weights (default C_T_V1: the "
+                        "authors' Chairs+Things weights; the file's sha256 is checked)")
+    p.add_argument("--iterations", type=at_least(1), default=None,
+                   help="RAFT's recurrent updates (default 12; PooDLe 24)")
     p.add_argument("--backend", default="auto", choices=("auto", "pyav", "opencv"))
 
 
 def _estimator_kwargs(args) -> dict:
     if args.estimator.startswith("raft"):
+        from pretrain.flow.estimators import (DEFAULT_RAFT_RELEASE, check_raft_release,
+                                              raft_weights_url)
+        release = args.release or DEFAULT_RAFT_RELEASE
+        try:
+            check_raft_release(args.estimator, release)
+        except ValueError as e:
+            raise UserError(f"--release: {e}") from None
         if not args.weights:
-            from pretrain.flow.estimators import RAFT_WEIGHTS
             raise UserError(f"{args.estimator} needs --weights PATH: download "
-                            f"{RAFT_WEIGHTS[args.estimator]} on a machine with internet "
-                            f"(nothing is downloaded at run time)")
-        return {"weights": args.weights}
+                            f"{raft_weights_url(args.estimator, release)} on a machine with "
+                            f"internet (nothing is downloaded at run time)")
+        kwargs = {"weights": args.weights, "release": release}
+        if args.iterations:
+            kwargs["iterations"] = args.iterations
+        return kwargs
+    if args.release or args.iterations:
+        raise UserError(f"--release and --iterations are RAFT settings; {args.estimator} "
+                        f"takes none")
     return {}
 
 

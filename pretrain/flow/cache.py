@@ -172,6 +172,9 @@ def precompute(source, root, *, estimator: str, estimator_kwargs: dict | None = 
     root.mkdir(parents=True, exist_ok=True)
     spec = {"estimator": estimator, "dts": list(dts), "every": every, "step": step,
             "format": "flowssl-flowcache/1"}
+    # RAFT's weights and iterations change the flow: a cache holds one setting
+    spec.update({k: v for k, v in (estimator_kwargs or {}).items()
+                 if k in ("release", "iterations")})
     spec_path = root / "cache.json"
     if spec_path.is_file():
         old = json.loads(spec_path.read_text())

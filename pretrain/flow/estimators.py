@@ -27,6 +27,36 @@ def get_estimator(name: str, **kwargs):
     return estimator_class(name)(**kwargs)
 
 
+FLOW_SPEC_KEYS = ("estimator", "release", "iterations")
+
+
+def flow_spec(value) -> dict:
+    """A config's ``flow`` as a mapping: ``"dis"`` -> {"estimator": "dis"};
+    ``{estimator: raft_large, release: C_T_V1, iterations: 24}`` as it is; ``"cache:DIR"``
+    -> {"cache": DIR}. Raises ValueError naming what is wrong."""
+    if isinstance(value, str):
+        if value.startswith("cache:"):
+            return {"cache": value[len("cache:"):]}
+        value = {"estimator": value}
+    if not isinstance(value, dict):
+        raise ValueError(f"a flow estimator name, cache:DIR or a mapping with keys "
+                         f"{', '.join(FLOW_SPEC_KEYS)}, got {value!r}")
+    unknown = sorted(set(value) - set(FLOW_SPEC_KEYS))
+    if unknown or "estimator" not in value:
+        raise ValueError(f"keys {', '.join(FLOW_SPEC_KEYS)} (estimator required), got "
+                         f"{', '.join(sorted(value))}")
+    name = value["estimator"]
+    estimator_class(name)  # unknown: lists the known ones
+    if not name.startswith("raft") and set(value) - {"estimator"}:
+        raise ValueError(f"release and iterations are RAFT settings; {name} takes none")
+    if "release" in value:
+        check_raft_release(name, value["release"])
+    iterations = value.get("iterations", 1)
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations: a whole number >= 1, got {iterations!r}")
+    return dict(value)
+
+
 def to_gray_uint8(images: torch.Tensor) -> list[np.ndarray]:
     rgb = (images.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu()
     return [cv2.cvtColor(np.ascontiguousarray(x.numpy()), cv2.COLOR_RGB2GRAY) for x in rgb]
@@ -74,32 +104,60 @@ class FarnebackFlow(OpenCVFlow):
         return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 5, 15, 3, 5, 1.1, 0)
 
 
-RAFT_WEIGHTS = {
-    "raft_large": "https://download.pytorch.org/models/raft_large_C_T_SKHT_V2-ff5fadd5.pth",
-    "raft_small": "https://download.pytorch.org/models/raft_small_C_T_V2-01064c6d.pth",
+TORCHVISION_MODELS = "https://download.pytorch.org/models/"
+# torchvision's RAFT weights by release (torchvision/models/optical_flow/raft.py); the part
+# after the dash is the start of the file's sha256, checked when the file is loaded
+RAFT_RELEASES = {
+    "raft_large": {"C_T_V1": "raft_large_C_T_V1-22a6c225.pth",
+                   "C_T_V2": "raft_large_C_T_V2-1bb1363a.pth",
+                   "C_T_SKHT_V1": "raft_large_C_T_SKHT_V1-0b8c9e55.pth",
+                   "C_T_SKHT_V2": "raft_large_C_T_SKHT_V2-ff5fadd5.pth",
+                   "C_T_SKHT_K_V1": "raft_large_C_T_SKHT_K_V1-4a6a5039.pth",
+                   "C_T_SKHT_K_V2": "raft_large_C_T_SKHT_K_V2-b5c70766.pth"},
+    "raft_small": {"C_T_V1": "raft_small_C_T_V1-ad48884c.pth",
+                   "C_T_V2": "raft_small_C_T_V2-01064c6d.pth"},
 }
+# The authors' flow: RAFT trained on FlyingChairs + FlyingThings ("raft-things.pth" in
+# PooDLe's code, "raft-small.pth" in PixPro-flow's); torchvision's C_T_V1 are those weights
+# ported from the RAFT authors.
+DEFAULT_RAFT_RELEASE = "C_T_V1"
 _MISSING = object()
 
 
+def raft_weights_url(arch: str, release: str) -> str:
+    return TORCHVISION_MODELS + RAFT_RELEASES[arch][release]
+
+
+def check_raft_release(arch: str, release: str) -> None:
+    if release not in RAFT_RELEASES[arch]:
+        raise ValueError(f"{arch} weights release {release!r}: one of "
+                         f"{', '.join(RAFT_RELEASES[arch])}")
+
+
 class RAFTFlow:
-    """torchvision RAFT. ``weights``: path of the torchvision checkpoint (see RAFT_WEIGHTS;
-    download it on a machine with internet), or None for random init (tests only)."""
+    """torchvision RAFT with the weights of `release` (RAFT_RELEASES) from the local file
+    ``weights`` (download it on a machine with internet; its sha256 is checked against the
+    release), or ``weights=None`` for random init (tests only); ``iterations`` = RAFT's
+    recurrent updates (PooDLe 24, PooDLe's FlowE 30, torchvision's default 12)."""
 
     arch = ""
 
-    def __init__(self, *, weights=_MISSING, device: str | None = None, iterations: int = 12):
+    def __init__(self, *, weights=_MISSING, release: str = DEFAULT_RAFT_RELEASE,
+                 device: str | None = None, iterations: int = 12):
         import torchvision.models.optical_flow as of
+        check_raft_release(self.arch, release)
+        url = raft_weights_url(self.arch, release)
         if weights is _MISSING:
             raise ValueError(
-                f"{self.name} needs local weights: download {RAFT_WEIGHTS[self.name]} "
-                f"(torchvision's {self.name} C_T weights) and pass weights=PATH "
-                f"(CLI: --flow-weights PATH); nothing is downloaded at run time")
+                f"{self.name} needs local weights: download {url} (torchvision's {self.name} "
+                f"{release} weights) and pass weights=PATH (CLI: --flow-weights PATH); "
+                f"nothing is downloaded at run time")
         self.model = getattr(of, self.arch)(weights=None)
         if weights is not None:
             path = Path(weights)
             if not path.is_file():
-                raise FileNotFoundError(f"RAFT weights {path} do not exist; get them from "
-                                        f"{RAFT_WEIGHTS[self.name]}")
+                raise FileNotFoundError(f"RAFT weights {path} do not exist; get them from {url}")
+            _check_sha256(path, RAFT_RELEASES[self.arch][release], url)
             self.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
@@ -119,6 +177,16 @@ class RAFTFlow:
             flow = F.interpolate(flow, size=(H, W), mode="bilinear", align_corners=False)
             flow = flow * torch.tensor([W / w, H / h], device=flow.device).view(1, 2, 1, 1)
         return flow.float().cpu()
+
+
+def _check_sha256(path: Path, expected_name: str, url: str) -> None:
+    import hashlib
+    prefix = expected_name.rsplit("-", 1)[1].split(".")[0]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if not digest.startswith(prefix):
+        raise ValueError(f"{path} is not {expected_name} (sha256 {digest[:8]}..., expected "
+                         f"{prefix}...): download {url}, or set the flow release to the file "
+                         f"you have")
 
 
 @register_estimator("raft_large")

@@ -86,8 +86,8 @@ NOT_RUN = {
     "bench flow info flowcache": "needs the cache above",
     "bench flow show --videos bdd100k/videos/val --t 100 --dt 15 --out pair.png":
         "real BDD100K videos",
-    "bench pretrain --method poodle --videos bdd100k/videos/train --flow raft_large "
-    "--flow-weights raft_large_C_T_SKHT_V2-ff5fadd5.pth --out runs/poodle":
+    "bench pretrain --method poodle --videos bdd100k/videos/train "
+    "--flow-weights raft_large_C_T_V1-22a6c225.pth --out runs/poodle":
         "paper recipe: GPUs, RAFT weights, BDD100K",
     "torchrun --nproc-per-node 8 -m pretrain --method flowe --videos ... --flow "
     "cache:flowcache --sync-bn --workers 4 --out runs/flowe": "8 GPUs",

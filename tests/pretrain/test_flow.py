@@ -46,6 +46,42 @@ def test_unknown_estimator_and_missing_raft_weights():
         get_estimator("raft_small", weights="nope.pth")
 
 
+def test_raft_defaults_to_the_authors_weights_and_checks_the_file_is_that_release(tmp_path):
+    """The authors' flow is RAFT trained on Chairs + Things (PooDLe: raft-things.pth;
+    torchvision's C_T_V1 port): the default; a file of another release is refused."""
+    with pytest.raises(ValueError, match=r"raft_large_C_T_V1-22a6c225\.pth"):
+        get_estimator("raft_large")
+    with pytest.raises(ValueError, match=r"raft_large_C_T_SKHT_V2-ff5fadd5\.pth"):
+        get_estimator("raft_large", release="C_T_SKHT_V2")
+    other = tmp_path / "raft_large_C_T_V1-22a6c225.pth"  # the right name, other bytes
+    torch.save({"w": torch.zeros(1)}, other)
+    with pytest.raises(ValueError, match=r"is not raft_large_C_T_V1-22a6c225\.pth"):
+        get_estimator("raft_large", weights=other)
+    with pytest.raises(ValueError, match="C_T_V1, C_T_V2"):
+        get_estimator("raft_small", weights=None, release="C_T_SKHT_V2")
+    assert get_estimator("raft_small", weights=None, iterations=24).iterations == 24
+
+
+@pytest.mark.parametrize("value, says", [
+    ({"estimator": "raft_large", "iterations": 0}, "iterations: a whole number >= 1"),
+    ({"estimator": "raft_large", "release": "sintel"}, "one of C_T_V1"),
+    ({"estimator": "dis", "iterations": 24}, "RAFT settings; dis takes none"),
+    ({"estimator": "raft_large", "weights": "x"}, "keys estimator, release, iterations"),
+    ({"iterations": 24}, "estimator required"),
+    ("pwc", "known"),
+])
+def test_a_bad_flow_setting_fails_naming_it(value, says):
+    from pretrain.config import ConfigError, apply_overrides, load_preset, resolve
+    config = {**load_preset("poodle", "smoke"), "flow": value}
+    with pytest.raises(ConfigError, match=says) as e:
+        resolve("poodle", config, num_videos=4, seed=0)
+    assert str(e.value).startswith("poodle config.flow: ")
+    config = apply_overrides(load_preset("poodle", "paper"), ["flow.iterations=12"])
+    assert config["flow"] == {"estimator": "raft_large", "release": "C_T_V1", "iterations": 12}
+    config = apply_overrides(load_preset("poodle", "smoke"), ["flow.estimator=farneback"])
+    assert config["flow"] == {"estimator": "farneback"}
+
+
 def test_dis_end_point_error_is_far_below_zero_flow(tiny_world):
     errors, zeros = [], []
     for video in range(len(tiny_world.videos)):

@@ -126,6 +126,12 @@ def test_bench_flow_precompute_resume_info_show(videos, tmp_path, capsys):
     assert main(["flow", "precompute", "--videos", str(videos), "--estimator", "dis",
                  "--out", str(out)]) == 2  # another estimator into the same cache
     assert "another --out" in capsys.readouterr().err
+    for extra, says in ((["--estimator", "dis", "--iterations", "24"], "RAFT settings"),
+                        (["--estimator", "raft_large", "--release", "x"], "--release: "),
+                        (["--estimator", "raft_large"], "raft_large_C_T_V1-22a6c225.pth")):
+        assert main(["flow", "precompute", "--videos", str(videos), "--out",
+                     str(tmp_path / "never"), *extra]) == 2
+        assert says in capsys.readouterr().err
 
 
 def test_frame_folders_are_videos_too(videos, tmp_path):
