@@ -56,6 +56,18 @@ def set_threads(threads: int) -> int:
     return threads
 
 
+def limit_threads(threads: int) -> int:
+    """Lower torch's and OpenCV's threads to `threads`, never raise them: a smaller count set
+    before (OMP_NUM_THREADS, or 1 in a forked child, whose thread pool must not grow) is
+    kept. Returns torch's count."""
+    import cv2
+    if torch.get_num_threads() > threads:
+        torch.set_num_threads(max(1, threads))
+    if cv2.getNumThreads() > threads:
+        cv2.setNumThreads(max(1, threads))
+    return torch.get_num_threads()
+
+
 def threads_per_process() -> int:
     """Threads for each of this node's processes (torchrun's LOCAL_WORLD_SIZE) so that
     processes x threads <= cores; loader workers get one thread each

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from core.io import remove_stale_temporaries
-from core.runtime import (autocast, one_thread_worker, rank_world, set_threads,
+from core.runtime import (autocast, limit_threads, one_thread_worker, rank_world,
                           threads_per_process)
 
 from .checkpoint import backbone_checkpoint, write_checkpoint
@@ -174,7 +174,7 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
     (rank 0) after each periodic export, e.g. to evaluate it."""
     device = torch.device(device)
     rank, world = rank_world()
-    threads = set_threads(threads_per_process())
+    threads = limit_threads(threads_per_process())
     if rank == 0:
         log(f"{threads} CPU thread(s) per process for torch and OpenCV, 1 per loader worker")
     out_dir = Path(out_dir)

@@ -102,7 +102,7 @@ def test_ranges_state_and_check_their_bounds():
 
 def test_threads_per_process_share_the_cores_and_set_torch_and_opencv(monkeypatch):
     import cv2
-    from core.runtime import cpu_cores, set_threads, threads_per_process
+    from core.runtime import cpu_cores, limit_threads, set_threads, threads_per_process
     before = torch.get_num_threads(), cv2.getNumThreads()
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert threads_per_process() == max(1, cpu_cores() // 2)
@@ -110,6 +110,10 @@ def test_threads_per_process_share_the_cores_and_set_torch_and_opencv(monkeypatc
     assert threads_per_process() == 1
     try:
         assert set_threads(1) == 1 and torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
+        # the loop only lowers: a forked child's single thread must not grow (libgomp)
+        assert limit_threads(4) == 1 and cv2.getNumThreads() == 1
+        set_threads(2)
+        assert limit_threads(1) == 1 and cv2.getNumThreads() == 1
     finally:
         torch.set_num_threads(before[0])
         cv2.setNumThreads(before[1])
