@@ -5,7 +5,8 @@ from `pretrain`. A ``torch.save``d dict of tensors and plain values (read with
     format      "flowssl-backbone/1"
     arch        resnet18 | resnet34 | resnet50 | resnet101
     state_dict  torchvision ResNet keys (no fc)
-    decoder     None, or {"kind": "sdm", "state_dict": {...}} (PooDLe's spatial decoder)
+    decoder     None, or {"kind": "sdm", "order": "authors" | "paper", "state_dict": {...}}
+                (PooDLe's spatial decoder; no "order": "paper", see core.decoders)
     meta        method, pretrain_data, epochs, iterations, config, git_sha, mlflow_run_id,
                 created (+ e.g. imported_from)
 """

@@ -1,10 +1,20 @@
 """Decoders that a checkpoint may carry beside its trunk, in one definition for the method
 that trains them and the readout that reads them out.
 
-PooDLe's spatial decoder module (SDM, Sec. 3 and App. A): per block a 2x upsampling, one
-ResNet bottleneck g with an 8x channel reduction, and a 1x1 lateral conv lifting the skip
-feature to the decoder channels, added after g (Eq. 3: z' = g(up(z)) + lateral(z_j)). For
-ResNet-50: res5 (2048, /32) -> + res4 (1024 -> 2048, /16) -> + res3 (512 -> 2048, /8).
+PooDLe's spatial decoder module (SDM, Sec. 3 and App. A): per level one ResNet bottleneck g
+with an 8x channel reduction, a 2x bilinear upsampling and a 1x1 lateral conv lifting the
+skip feature to the decoder channels. Two orders, with the same parameters:
+
+- ``"authors"`` (default): z' = up(g(z)) + lateral(z_j), g at the coarse level, as the
+  authors' code computes it (agentic-learning-ai-lab/poodle ``src/models/poodle.py``,
+  ``Poodle.forward``: ``decoder_blocks[i]`` -> ``F.interpolate(scale_factor=2)`` ->
+  ``+ decoder_laterals[i](...)``); it produced the published numbers;
+- ``"paper"``: z' = g(up(z)) + lateral(z_j), the reading of the paper's Eq. 3 text.
+
+The two differ by about 17 % (relative L2 of the output) on the same weights, so the order
+travels with the weights: a checkpoint's decoder entry says which one it was trained with
+(entries written before the key existed were trained with ``"paper"``).
+For ResNet-50: res5 (2048, /32) -> + res4 (1024 -> 2048, /16) -> + res3 (512 -> 2048, /8).
 State-dict names (``laterals.i``, ``blocks.i.conv1..bn3``) are the checkpoint contract's;
 the readout rebuilds the module from their shapes.
 """
@@ -35,32 +45,55 @@ class Bottleneck(nn.Module):
         return F.relu(x + self.bn3(self.conv3(y)))
 
 
+DECODER_ORDERS = ("authors", "paper")
+ORDER_BEFORE_THE_KEY = "paper"  # decoder entries without "order" were trained this way
+
+
 class SpatialDecoder(nn.Module):
     skips = ("res4", "res3")
 
     def __init__(self, *, channels: int = 2048, lateral_channels=(1024, 512),
-                 reduction: int = 8):
+                 reduction: int = 8, order: str = "authors"):
         super().__init__()
+        if order not in DECODER_ORDERS:
+            raise ValueError(f"decoder order {order!r}: one of {', '.join(DECODER_ORDERS)}")
+        self.order = order
         self.laterals = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in lateral_channels)
         self.blocks = nn.ModuleList(Bottleneck(channels, channels // reduction)
                                     for _ in lateral_channels)
         self.channels = channels
 
     @classmethod
-    def for_trunk(cls, shapes: dict[str, ShapeSpec], *, reduction: int = 8) -> "SpatialDecoder":
+    def for_trunk(cls, shapes: dict[str, ShapeSpec], *, reduction: int = 8,
+                  order: str = "authors") -> "SpatialDecoder":
         """The decoder over a trunk with these output shapes (``output_shape()``)."""
-        return cls(channels=shapes["res5"].channels, reduction=reduction,
+        return cls(channels=shapes["res5"].channels, reduction=reduction, order=order,
                    lateral_channels=tuple(shapes[s].channels for s in cls.skips))
 
+    def checkpoint_entry(self) -> dict:
+        """The checkpoint's decoder entry: kind, order and weights."""
+        return {"kind": "sdm", "order": self.order,
+                "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
+
     @classmethod
-    def from_state_dict(cls, state: dict) -> "SpatialDecoder":
+    def from_checkpoint_entry(cls, entry: dict) -> "SpatialDecoder":
+        """The module a decoder entry describes (shapes and order); the caller loads the
+        weights (the readout with its exact-key check)."""
+        if entry.get("kind") != "sdm":
+            raise ValueError(f"unknown decoder kind {entry.get('kind')!r}; known: sdm")
+        return cls.from_state_dict(entry["state_dict"],
+                                   order=entry.get("order", ORDER_BEFORE_THE_KEY))
+
+    @classmethod
+    def from_state_dict(cls, state: dict, *, order: str = "authors") -> "SpatialDecoder":
         n = len({k.split(".")[1] for k in state if k.startswith("laterals.")})
         if n == 0 or "blocks.0.conv1.weight" not in state:
             raise ValueError("not a spatial-decoder state dict (no laterals.* / blocks.*)")
         channels = state["laterals.0.weight"].shape[0]
         lateral = tuple(state[f"laterals.{i}.weight"].shape[1] for i in range(n))
         width = state["blocks.0.conv1.weight"].shape[0]
-        return cls(channels=channels, lateral_channels=lateral, reduction=channels // width)
+        return cls(channels=channels, lateral_channels=lateral, reduction=channels // width,
+                   order=order)
 
     def output_shape(self, backbone_shape: dict[str, ShapeSpec]) -> ShapeSpec:
         return ShapeSpec(self.channels, backbone_shape["res5"].stride // 2 ** len(self.blocks))
@@ -69,6 +102,11 @@ class SpatialDecoder(nn.Module):
         x = features["res5"]
         for lateral, block, skip in zip(self.laterals, self.blocks, self.skips):
             s = features[skip]
-            x = F.interpolate(x, size=s.shape[-2:], mode="bilinear", align_corners=False)
-            x = block(x) + lateral(s)  # PooDLe Eq. 3: z' = g(upsample(z)) + lateral(z_j)
+            if self.order == "authors":  # z' = up(g(z)) + lateral(z_j)
+                x = F.interpolate(block(x), size=s.shape[-2:], mode="bilinear",
+                                  align_corners=False)
+            else:  # Eq. 3 text: z' = g(up(z)) + lateral(z_j)
+                x = block(F.interpolate(x, size=s.shape[-2:], mode="bilinear",
+                                        align_corners=False))
+            x = x + lateral(s)
         return x

@@ -7,12 +7,11 @@ from core.checkpoint import make_checkpoint
 from core.io import save_torch
 
 
-def backbone_checkpoint(*, arch: str, state_dict: dict, decoder_state: dict | None = None,
+def backbone_checkpoint(*, arch: str, state_dict: dict, decoder: dict | None = None,
                         method: str, pretrain_data: str, epochs: float, iterations: int,
                         config: dict, mlflow_run_id: str = "") -> dict:
-    return make_checkpoint(arch=arch, state_dict=state_dict, method=method,
-                           decoder={"kind": "sdm", "state_dict": decoder_state}
-                           if decoder_state else None,
+    """`decoder`: the method's decoder entry (``SpatialDecoder.checkpoint_entry()``) or None."""
+    return make_checkpoint(arch=arch, state_dict=state_dict, method=method, decoder=decoder,
                            pretrain_data=pretrain_data, epochs=epochs, iterations=iterations,
                            config=config, mlflow_run_id=mlflow_run_id)
 

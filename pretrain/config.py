@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from core.decoders import DECODER_ORDERS
 from core.values import Range, is_number, is_whole, parse_value
 
 from .flow.estimators import flow_spec
@@ -45,6 +46,7 @@ SCHEDULE_RANGES = {
 # model values with bounds of their own (others: by the type of the constructor's default)
 MODEL_RANGES = {"ema_base": Range(0, 1), "momentum": Range(0, 1),
                 "temperature": Range(0, open_low=True)}
+MODEL_CHOICES = {"decoder_order": DECODER_ORDERS}
 
 
 def _check_value(where: str, value, allowed: Range) -> None:
@@ -77,6 +79,10 @@ def _check_model_values(method: str, model: dict, where: str) -> None:
         default, at = defaults.get(key), f"{where}.{key}"
         if key in MODEL_RANGES:
             _check_value(at, value, MODEL_RANGES[key])
+        elif key in MODEL_CHOICES:
+            if value not in MODEL_CHOICES[key]:
+                raise ConfigError(f"{at}: {value!r} is not one of "
+                                  f"{', '.join(MODEL_CHOICES[key])}")
         elif isinstance(default, str):
             if not isinstance(value, str):
                 raise ConfigError(f"{at}: expected a name like {default!r}, got {value!r}")

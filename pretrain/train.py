@@ -157,7 +157,7 @@ class Health:
 def export_backbone(method, path, *, schedule, steps_done: int, pairs, config) -> Path:
     return write_checkpoint(backbone_checkpoint(
         arch=method.encoder.arch, state_dict=method.backbone_state_dict(),
-        decoder_state=method.decoder_state_dict(), method=method.name,
+        decoder=method.decoder_entry(), method=method.name,
         pretrain_data=str(getattr(pairs.source, "root", "")),
         epochs=steps_done * schedule.batch_size / max(1, len(pairs) * pairs.repeats),
         iterations=steps_done, config={**(config or {}), "schedule": asdict(schedule)}), path)

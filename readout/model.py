@@ -96,15 +96,14 @@ def build_segmentation_model(checkpoint: dict, head: str, num_classes: int, *,
     shapes = backbone.output_shape()
     decoder, kwargs = None, {}
     if use_decoder:
-        if decoder_entry.get("kind") != "sdm":
-            raise ValueError(f"unknown decoder kind {decoder_entry.get('kind')!r}; known: sdm")
-        decoder = SpatialDecoder.from_state_dict(decoder_entry["state_dict"])
+        decoder = SpatialDecoder.from_checkpoint_entry(decoder_entry)
         load_state_dict_exact(decoder, decoder_entry["state_dict"], "decoder state dict")
         for p in decoder.parameters():
             p.requires_grad_(finetune)
         shapes["sdm"] = decoder.output_shape(shapes)
         kwargs["in_feature"] = "sdm"
-        log("keeping the checkpoint's spatial decoder for this readout (PooDLe Sec. 4.1)")
+        log(f"keeping the checkpoint's spatial decoder ({decoder.order}'s order) for this "
+            f"readout (PooDLe Sec. 4.1)")
     head_module = head_cls(input_shape=shapes, num_classes=num_classes, **kwargs,
                            **(head_kwargs or {}))
     model = SegmentationReadout(backbone=backbone.to(memory_format=torch.channels_last),

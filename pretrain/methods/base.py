@@ -111,8 +111,9 @@ class Method(nn.Module):
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
         return self.encoder.backbone_state_dict()
 
-    def decoder_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """Weights exported beside the backbone (PooDLe's SDM); None for most methods."""
+    def decoder_entry(self) -> dict | None:
+        """The decoder exported beside the backbone (PooDLe's SDM: kind, order, weights);
+        None for most methods."""
         return None
 
 

@@ -4,7 +4,8 @@ module plus a pooled BYOL loss on K flow-informed subcrop pairs (Eq. 1-3, App. A
 - Global views: one crop of area 0.16-0.45 of the frame at the same place in both frames
   (Sec. 4.1), resized to 512x1024, an affine per view (scale 0.9-1.1, rotation +-10 deg,
   App. A) and BYOL's colour changes.
-- Dense (Eq. 1): encoder -> SDM (output stride 8) -> 1x1-conv projector / predictor,
+- Dense (Eq. 1): encoder -> SDM (output stride 8; the authors' order up(g(z)) + lateral
+  by default, ``decoder_order="paper"`` for Eq. 3's text) -> 1x1-conv projector / predictor,
   upsampled to the view grid, compared through the view flow where it is in view and
   forward-backward consistent (alpha1 = 0.1, alpha2 = 0.5, App. A), in both directions.
 - Pooled (Eq. 2): K = 6 subcrop pairs. A centre is drawn in view 2 from a grid of cells of
@@ -81,7 +82,8 @@ class PooDLe(OnlineTargetMethod):
                  affine_scale=(0.9, 1.1), rotation: float = 10.0, alpha=(0.1, 0.5),
                  subcrops: int = 6, subcrop_area=(0.05, 0.3), subcrop_size=(192, 192),
                  jitter: float = 0.1, dense_weight: float = 0.5, pooled_weight: float = 0.5,
-                 decoder_reduction: int = 8, hidden: int = 4096, out_dim: int = 256, **kw):
+                 decoder_reduction: int = 8, decoder_order: str = "authors",
+                 hidden: int = 4096, out_dim: int = 256, **kw):
         super().__init__(hidden=hidden, out_dim=out_dim, **kw)
         self.spec = ViewSpec(size=tuple(view_size), scale=tuple(affine_scale),
                              rotation=rotation, flip=False)
@@ -90,7 +92,8 @@ class PooDLe(OnlineTargetMethod):
         self.k, self.subcrop_area, self.jitter = int(subcrops), tuple(subcrop_area), jitter
         self.weights = (dense_weight, pooled_weight)
         self.decoder = SpatialDecoder.for_trunk(self.encoder.output_shape(),
-                                                reduction=decoder_reduction)
+                                                reduction=decoder_reduction,
+                                                order=decoder_order)
         channels = self.encoder.channels["res5"]
         self.pool_projector = mlp(channels, hidden, out_dim)
         self.pool_predictor = mlp(out_dim, hidden, out_dim)
@@ -164,5 +167,5 @@ class PooDLe(OnlineTargetMethod):
         pooled = pooled_loss(q1, z2) + pooled_loss(q2, z1)
         return {"loss_dense": self.weights[0] * dense, "loss_pool": self.weights[1] * pooled}
 
-    def decoder_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().clone() for k, v in self.decoder.state_dict().items()}
+    def decoder_entry(self) -> dict:
+        return self.decoder.checkpoint_entry()

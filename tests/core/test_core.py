@@ -75,7 +75,7 @@ def test_pretraining_and_readout_compute_the_same_trunk_and_decoder(output_strid
     method = get_method_class("poodle")(**model).eval()
     write_checkpoint(backbone_checkpoint(
         arch=model["arch"], state_dict=method.encoder.backbone_state_dict(),
-        decoder_state=method.decoder.state_dict(), method="poodle", pretrain_data="",
+        decoder=method.decoder_entry(), method="poodle", pretrain_data="",
         epochs=0, iterations=0, config={}), tmp_path / "poodle.pth")
     ck = read_checkpoint(tmp_path / "poodle.pth")
     dilation = {32: (False, False, False), 8: (False, True, True)}[output_stride]

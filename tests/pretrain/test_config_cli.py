@@ -151,3 +151,10 @@ def test_bad_counts_on_the_command_line_are_one_line_errors(argv, says, capsys):
         bench(argv)
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and says in err and len(err.splitlines()) == 1
+
+
+def test_an_unknown_decoder_order_fails_naming_the_key_and_the_choices():
+    config = apply_overrides(load_preset("poodle", "smoke"), ["model.decoder_order=eq3"])
+    with pytest.raises(ConfigError, match=r"model.decoder_order: 'eq3' is not one of "
+                                          r"authors, paper"):
+        resolve("poodle", config, num_videos=4, seed=0)

@@ -86,21 +86,65 @@ def test_poodle_decoder_is_kept_for_the_linear_readout():
     assert upernet.decoder is None  # discarded for UperNet (PooDLe Sec. 4.1)
 
 
-def test_decoder_adds_the_lateral_after_the_block():
-    """PooDLe Eq. 3: z' = g(upsample(z)) + lateral(z_j)."""
+def _authors_decoder(state: dict, feats: list) -> torch.Tensor:
+    """The authors' SDM, written to their definition (agentic-learning-ai-lab/poodle
+    src/models/poodle.py): torchvision Bottlenecks ``decoder_blocks``, 1x1 convs
+    ``decoder_laterals``, forward block -> 2x bilinear -> + lateral."""
     import torch.nn.functional as F
+    from torchvision.models.resnet import Bottleneck
+    channels = state["blocks.0.conv3.weight"].shape[0]
+    width = state["blocks.0.conv1.weight"].shape[0]
+    blocks = torch.nn.ModuleList(Bottleneck(channels, channels // 4,
+                                            base_width=64 * width * 4 // channels)
+                                 for _ in range(2))
+    laterals = torch.nn.ModuleList(torch.nn.Conv2d(state[f"laterals.{i}.weight"].shape[1],
+                                                   channels, 1) for i in range(2))
+    theirs = {"decoder_" + k: v for k, v in state.items()}  # blocks.* / laterals.*
+    module = torch.nn.ModuleDict({"decoder_blocks": blocks, "decoder_laterals": laterals}).eval()
+    module.load_state_dict(theirs, strict=True)
+    z = feats[-1]
+    for i in range(len(laterals)):
+        z = blocks[i](z)
+        z = F.interpolate(z, scale_factor=2, mode="bilinear", align_corners=False)
+        z = z + laterals[i](feats[-i - 2])
+    return z
+
+
+def _paper_decoder(dec: SpatialDecoder, feats: dict) -> torch.Tensor:
+    """PooDLe Eq. 3 as the paper's text reads: z' = g(upsample(z)) + lateral(z_j)."""
+    import torch.nn.functional as F
+    x = feats["res5"]
+    for block, lateral, skip in zip(dec.blocks, dec.laterals, ("res4", "res3")):
+        x = F.interpolate(x, size=feats[skip].shape[-2:], mode="bilinear", align_corners=False)
+        x = block(x) + lateral(feats[skip])
+    return x
+
+
+def test_the_decoder_computes_the_order_its_checkpoint_entry_names():
+    """authors' order for entries that say "authors" (the default), the paper's for "paper"
+    and for entries written before the key existed."""
     torch.manual_seed(0)
-    dec = SpatialDecoder(channels=64, lateral_channels=(32, 16), reduction=8).eval()
-    feats = {"res5": torch.randn(1, 64, 2, 3), "res4": torch.randn(1, 32, 4, 6),
-             "res3": torch.randn(1, 16, 8, 12)}
+    trained = SpatialDecoder(channels=64, lateral_channels=(32, 16), reduction=8)
+    for bn in [m for m in trained.modules() if isinstance(m, torch.nn.BatchNorm2d)]:
+        torch.nn.init.normal_(bn.weight)  # away from identity, so the orders differ more
+        bn.running_mean.normal_()
+    entry = trained.checkpoint_entry()
+    assert entry["order"] == "authors" and entry["kind"] == "sdm"
+    feats = {"res5": torch.randn(2, 64, 2, 3), "res4": torch.randn(2, 32, 4, 6),
+             "res3": torch.randn(2, 16, 8, 12)}
+    def rebuilt(e):
+        dec = SpatialDecoder.from_checkpoint_entry(e).eval()
+        dec.load_state_dict(e["state_dict"], strict=True)
+        return dec
     with torch.no_grad():
-        for lat in dec.laterals:
-            lat.weight.zero_()
-            lat.bias.fill_(0.5)
-        out = dec(feats)
-        x = feats["res5"]
-        for block, skip in zip(dec.blocks, ("res4", "res3")):
-            x = F.interpolate(x, size=feats[skip].shape[-2:], mode="bilinear",
-                              align_corners=False)
-            x = block(x) + 0.5
-    assert torch.allclose(out, x)
+        authors = rebuilt(entry)(feats)
+        paper = rebuilt({**entry, "order": "paper"})
+        old = {k: v for k, v in entry.items() if k != "order"}
+        expected = _authors_decoder(entry["state_dict"], [feats["res3"], feats["res4"],
+                                                          feats["res5"]])
+        assert torch.allclose(authors, expected, atol=1e-5)
+        assert torch.allclose(paper(feats), _paper_decoder(paper, feats), atol=1e-5)
+        assert torch.equal(rebuilt(old)(feats), paper(feats))
+        assert (authors - paper(feats)).norm() / paper(feats).norm() > 0.05
+    with pytest.raises(ValueError, match="authors, paper"):
+        SpatialDecoder(order="eq3")
