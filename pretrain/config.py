@@ -14,8 +14,10 @@ import yaml
 from core.decoders import DECODER_ORDERS
 from core.values import Range, is_number, is_whole, parse_value
 
+from .augment import COLOURS
 from .flow.estimators import flow_spec
 from .methods import METHODS, get_method_class
+from .methods.poodle import CROP_GEOMETRIES
 from .train import OPTIMIZERS, PretrainSchedule
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -46,7 +48,8 @@ SCHEDULE_RANGES = {
 # model values with bounds of their own (others: by the type of the constructor's default)
 MODEL_RANGES = {"ema_base": Range(0, 1), "momentum": Range(0, 1),
                 "temperature": Range(0, open_low=True)}
-MODEL_CHOICES = {"decoder_order": DECODER_ORDERS}
+MODEL_CHOICES = {"decoder_order": DECODER_ORDERS, "colour": tuple(COLOURS),
+                 "crop_geometry": CROP_GEOMETRIES}
 
 
 def _check_value(where: str, value, allowed: Range) -> None:
@@ -83,6 +86,9 @@ def _check_model_values(method: str, model: dict, where: str) -> None:
             if value not in MODEL_CHOICES[key]:
                 raise ConfigError(f"{at}: {value!r} is not one of "
                                   f"{', '.join(MODEL_CHOICES[key])}")
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{at}: expected true or false, got {value!r}")
         elif isinstance(default, str):
             if not isinstance(value, str):
                 raise ConfigError(f"{at}: expected a name like {default!r}, got {value!r}")
@@ -91,7 +97,7 @@ def _check_model_values(method: str, model: dict, where: str) -> None:
         elif isinstance(default, float):
             _check_value(at, value, Range(0))
         elif isinstance(default, tuple) and len(default) == 2:
-            sizes, ordered = key.endswith("_size"), key.endswith(("_scale", "_area"))
+            sizes, ordered = key.endswith("_size"), key.endswith(("_scale", "_area", "_ratio"))
             if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(
                     (is_whole(v) if sizes else is_number(v)) and v > 0 for v in value)
                     and (not ordered or value[0] <= value[1])):

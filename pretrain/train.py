@@ -53,13 +53,26 @@ class PretrainSchedule:
 OPTIMIZERS = ("lars", "sgd", "adamw")
 
 
-def make_optimizer(params, s: PretrainSchedule) -> torch.optim.Optimizer:
+def adamw_groups(named_params) -> list[dict]:
+    """The PooDLe authors' AdamW groups (timm 0.3.2 ``add_weight_decay``, called by
+    agentic-learning-ai-lab/poodle src/train.py): no weight decay on biases and 1-D
+    parameters (BatchNorm), the schedule's on the rest."""
+    decay, no_decay = [], []
+    for name, p in named_params:
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay}]
+
+
+def make_optimizer(named_params, s: PretrainSchedule) -> torch.optim.Optimizer:
+    """named_params: the trainable (name, parameter) pairs."""
+    params = [p for _, p in named_params]
     if s.optimizer == "lars":
         return LARS(params, lr=s.lr, weight_decay=s.weight_decay)
     if s.optimizer == "sgd":  # MoCo (facebookresearch/moco main_moco.py): momentum 0.9
         return torch.optim.SGD(params, lr=s.lr, momentum=0.9, weight_decay=s.weight_decay)
-    if s.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    if s.optimizer == "adamw":  # PooDLe src/train.py: betas (0.9, 0.999), eps 1e-6 (fp32)
+        return torch.optim.AdamW(adamw_groups(named_params), lr=s.lr,
+                                 weight_decay=s.weight_decay, betas=(0.9, 0.999), eps=1e-6)
     raise ValueError(f"unknown optimizer {s.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
 
 
@@ -187,7 +200,7 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
                 setattr(method, name, sync_batchnorm(child, device))
     method.to(device).train()
     params = method.trainable_parameters()
-    optimizer = make_optimizer(params, schedule)
+    optimizer = make_optimizer(method.trainable_named_parameters(), schedule)
     start, curve = 0, []
     skipped: dict[str, int] = {}  # video reads that failed (this process), kept on resume
     state_path = out_dir / STATE_NAME

@@ -58,7 +58,7 @@ def measure(name: str, *, preset: str, arch: str, size, frame, batch: int, steps
     s = config["schedule"]
     schedule = PretrainSchedule(steps=1000, batch_size=batch, optimizer=s["optimizer"],
                                 lr=s["lr"], weight_decay=s["weight_decay"])
-    optimizer = make_optimizer(method.trainable_parameters(), schedule)
+    optimizer = make_optimizer(method.trainable_named_parameters(), schedule)
     g = torch.Generator().manual_seed(0)
     f1, f2 = (torch.rand(batch, 3, *frame, generator=g) for _ in range(2))
     estimator = get_estimator(flow, **({"weights": None} if flow.startswith("raft") else {}))

@@ -53,18 +53,24 @@ def in_view(flow: torch.Tensor) -> torch.Tensor:
 
 
 def consistency_mask(flow_fwd: torch.Tensor, flow_bwd: torch.Tensor, *, alpha1: float,
-                     alpha2: float) -> torch.Tensor:
+                     alpha2: float, scale: torch.Tensor | None = None) -> torch.Tensor:
     """bool [B, H, W], True where the forward flow is trusted (not occluded, in view):
 
         |w + w_hat(p + w)|^2 < alpha1 (|w|^2 + |w_hat(p + w)|^2) + alpha2
 
     with w = flow_fwd(p), w_hat = flow_bwd. PixPro-flow Eq. 3 (alpha1 = 0.01, alpha2 = 0.5),
     PiCO Eq. 3 (gamma = alpha1 = 0, delta = alpha2 = 4), PooDLe App. A (alpha1 = 0.1,
-    alpha2 = 0.5); Sundaram et al. 2010 use 0.01 and 0.5.
+    alpha2 = 0.5); Sundaram et al. 2010 use 0.01 and 0.5. The lengths are in the flows' pixels,
+    or in pixels of an image resized by `scale` [B, 2] (x, y factors): alpha2 is in pixels^2,
+    so the test depends on the resolution it is measured at.
     """
     back = warp(flow_bwd, flow_fwd, padding_mode="border")
-    lhs = (flow_fwd + back).pow(2).sum(1)
-    rhs = alpha1 * (flow_fwd.pow(2).sum(1) + back.pow(2).sum(1)) + alpha2
+    fwd = flow_fwd
+    if scale is not None:
+        factor = scale.to(flow_fwd)[:, :, None, None]
+        fwd, back = fwd * factor, back * factor
+    lhs = (fwd + back).pow(2).sum(1)
+    rhs = alpha1 * (fwd.pow(2).sum(1) + back.pow(2).sum(1)) + alpha2
     return (lhs < rhs) & in_view(flow_fwd)
 
 

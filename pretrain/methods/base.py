@@ -72,7 +72,10 @@ class Method(nn.Module):
         """Raise ValueError naming ``where.key`` for model values the schedule cannot run."""
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
+        return [p for _, p in self.trainable_named_parameters()]
+
+    def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(name, p) for name, p in self.named_parameters() if p.requires_grad]
 
     def make_views(self, frames1: torch.Tensor, frames2: torch.Tensor,
                    rngs: list[np.random.Generator], **flows) -> dict:

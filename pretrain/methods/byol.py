@@ -7,8 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..augment import ViewSpec, crop_views
-from ..correspondence import VIEW_COLOUR
+from ..augment import COLOURS, ViewSpec, crop_views
 from ..losses import byol_loss
 from .base import OnlineTargetMethod, register_method
 
@@ -24,7 +23,7 @@ class BYOL(OnlineTargetMethod):
 
     def make_views(self, frames1, frames2, rngs: list[np.random.Generator]) -> dict:
         sources = {"1": frames1, "2": frames2 if self.two_frames else frames1}
-        return crop_views(sources, rngs, self.spec, VIEW_COLOUR)
+        return crop_views(sources, rngs, self.spec, COLOURS["byol"])
 
     def _online(self, x):
         """Pooled res5 embedding h, projection z and prediction q(z) of the online network."""

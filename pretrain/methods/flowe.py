@@ -1,18 +1,22 @@
 """FlowE (Xiong et al. 2021): dense BYOL on flow-warped feature maps (Eq. 4-5, Algorithm 1).
 
-Two frames ~0.5 s apart; one crop box shared by both frames, then an independent random
-affine per view (scale 0.5-2, rotation +-30 deg, Sec. 3.2) and BYOL's colour changes. The
-frame flow is carried to the views (T = A1^-1 o M o A2), predictions and target projections
-are upsampled to the view grid and compared where the correspondence exists (in view,
-forward-backward consistent).
+Two frames ~0.5 s apart. Sec. 4.1: each frame upsampled to 1080x1920, scaled by
+U(0.75, 1.25) and cropped to 512x1024 at the same place in both frames (the FlowE
+re-implementation in the PooDLe release does the same: RandomResize of the short side to
+810-1350 px); SimCLR's colour changes on each frame (Sec. 3.3); then an independent random
+affine per view (scale 0.5-2, rotation +-30 deg, Sec. 3.2). The frame flow is carried to the
+views (T = A1^-1 o M o A2), predictions and target projections are upsampled to the view
+grid and compared where the correspondence exists (in view, forward-backward consistent in
+the resized frame's pixels).
 """
 from __future__ import annotations
 
-import numpy as np
+import functools
+
 import torch.nn.functional as F
 
-from ..augment import ViewSpec
-from ..correspondence import paired_views, view_correspondence
+from ..augment import COLOURS, ViewSpec
+from ..correspondence import paired_views, pixel_scale, resized_frame_box, view_correspondence
 from ..losses import dense_equivariance_loss
 from .base import OnlineTargetMethod, register_method
 
@@ -27,25 +31,24 @@ class FlowE(OnlineTargetMethod):
     dense = True
     needs_flow = True
 
-    def __init__(self, *, view_size=(512, 1024), crop_scale=(0.75, 1.25),
-                 affine_scale=(0.5, 2.0), rotation: float = 30.0, alpha=(0.01, 0.5),
+    def __init__(self, *, view_size=(512, 1024), initial_size=(1080, 1920),
+                 initial_scale=(0.75, 1.25), affine_scale=(0.5, 2.0), rotation: float = 30.0,
+                 flip: bool = False, alpha=(0.01, 0.5), colour: str = "simclr",
                  output_stride: int = 8, **kw):
         super().__init__(output_stride=output_stride, **kw)
         self.spec = ViewSpec(size=tuple(view_size), scale=tuple(affine_scale),
-                             rotation=rotation, flip=False)
-        self.crop_scale, self.alpha = tuple(crop_scale), tuple(alpha)
-
-    def _box(self, rng: np.random.Generator, H: int, W: int):
-        # Sec. 4.1: random scale 0.75-1.25x, then a crop at the same place in both frames
-        h, w = self.spec.size
-        s = rng.uniform(*self.crop_scale)
-        cw, ch = min(W, w / s), min(H, h / s)
-        return rng.uniform(0, W - cw), rng.uniform(0, H - ch), cw, ch
+                             rotation=rotation, flip=bool(flip))
+        self.box = functools.partial(resized_frame_box, size=self.spec.size,
+                                     initial_size=tuple(initial_size),
+                                     initial_scale=tuple(initial_scale))
+        self.colours, self.alpha = COLOURS[colour], tuple(alpha)
 
     def make_views(self, frames1, frames2, rngs, *, flow_fwd=None, flow_bwd=None) -> dict:
-        views = paired_views(frames1, frames2, rngs, self.spec, self._box)
+        views = paired_views(frames1, frames2, rngs, self.spec, self.box, self.colours)
+        del views["pre1"], views["pre2"]  # PooDLe's subcrops use them, FlowE does not
         views["flow"], views["valid"] = view_correspondence(
-            flow_fwd, flow_bwd, views["A1"], views["A2"], self.spec.size, self.alpha)
+            flow_fwd, flow_bwd, views["A1"], views["A2"], self.spec.size, self.alpha,
+            scale=pixel_scale(views["C"]))
         return views
 
     def losses(self, views: dict):

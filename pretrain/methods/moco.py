@@ -28,13 +28,12 @@ from torch import nn
 
 from core.runtime import rank_world
 
-from ..augment import ViewSpec, crop_views
+from ..augment import COLOURS, ViewSpec, crop_views
 from ..distributed import gather_from_ranks
 from ..losses import infonce_loss
 from ..optim import ema_update
 from .base import Method, StepContext, momentum_copy, register_method
 
-MOCO_V2_COLOUR = dict(blur_p=0.5, solarize_p=0.0, saturation=0.4)  # main_moco.py --aug-plus
 
 
 @register_method("moco_v2")
@@ -70,8 +69,7 @@ class MoCoV2(Method):
                              f"the batch size {batch}; the queue must hold a whole batch")
 
     def make_views(self, frames1, frames2, rngs: list[np.random.Generator]) -> dict:
-        colours = {"1": MOCO_V2_COLOUR, "2": MOCO_V2_COLOUR}
-        return crop_views({"1": frames1, "2": frames1}, rngs, self.spec, colours)
+        return crop_views({"1": frames1, "2": frames1}, rngs, self.spec, COLOURS["moco_v2"])
 
     def before_step(self, ctx: StepContext) -> None:
         self._ctx = ctx

@@ -1,22 +1,30 @@
 """PooDLe (Wang, Hoang et al.): a dense flow-equivariance loss through the spatial decoder
-module plus a pooled BYOL loss on K flow-informed subcrop pairs (Eq. 1-3, App. A).
+module plus a pooled BYOL loss on K flow-informed subcrop pairs (Eq. 1-3, App. A), as the
+authors' code computes it (agentic-learning-ai-lab/poodle src/models/poodle.py,
+src/datasets/bdd100k.py, configs/exp/poodle.yaml); where the paper's text reads otherwise,
+a config key selects the text.
 
-- Global views: one crop of area 0.16-0.45 of the frame at the same place in both frames
-  (Sec. 4.1), resized to 512x1024, an affine per view (scale 0.9-1.1, rotation +-10 deg,
-  App. A) and BYOL's colour changes.
-- Dense (Eq. 1): encoder -> SDM (output stride 8; the authors' order up(g(z)) + lateral
-  by default, ``decoder_order="paper"`` for Eq. 3's text) -> 1x1-conv projector / predictor,
+- Global views: the frame resized to 1080x1920 x U(0.75, 1.25) and cropped to 512x1024 at
+  the same place in both frames (``crop_geometry="paper"``: a crop of area U(0.16, 0.45),
+  Sec. 4.1); SimCLR's colour changes on each frame; an affine per view (scale 0.9-1.1,
+  rotation +-10 deg) and a flip with p = 0.5, undone through the view flow.
+- Dense (Eq. 1): encoder -> SDM (output stride 8; the authors' order up(g(z)) + lateral by
+  default, ``decoder_order="paper"`` for Eq. 3's text) -> 1x1-conv projector / predictor,
   upsampled to the view grid, compared through the view flow where it is in view and
-  forward-backward consistent (alpha1 = 0.1, alpha2 = 0.5, App. A), in both directions.
-- Pooled (Eq. 2): K = 6 subcrop pairs. A centre is drawn in view 2 from a grid of cells of
-  side min(h, w) sqrt((s_min + s_max) / 2), cells without replacement (Sec. 3), carried to
-  view 1 through the flow, jittered by up to 10 % of the view size; around each centre a
-  RandomResizedCrop of area 0.05-0.3 of the global view, ratio 3/4-4/3, to 192x192
-  (App. A). The pooled projector / predictor are MLPs on the average-pooled res5.
-- Loss: 0.5 L_dense + 0.5 L_pool, both symmetric (App. A "Loss details").
+  forward-backward consistent in pre-affine pixels (alpha1 = 0.1, alpha2 = 0.5), for both
+  directions in one 2N batch (one BatchNorm batch, the loss their mean).
+- Pooled (Eq. 2): per direction K = 6 subcrop pairs cut from the coloured pre-affine images
+  (no affine, no flip, no further colour change): a cell of a grid of side
+  round(sqrt(mean area) min(h, w)) (3x5 cells at 512x1024) without replacement, an online
+  box of area s ~ U(0.05, 0.3) around a point of the cell, the point carried by the flow
+  and jittered by up to 10 % of the image; 5 tries to land inside the other image, else
+  the target crop comes from the same image at the same point; the target box has area
+  U(s, 0.3); both resized to 192x192. Pooled projector / predictor: MLPs on pooled res5.
+- Loss: 0.5 L_dense + 0.5 L_pool (App. A "Loss details").
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -24,53 +32,95 @@ import torch
 
 from core.decoders import SpatialDecoder
 
-from ..augment import ViewSpec, photometric, render_view, view_matrix
-from ..correspondence import VIEW_COLOUR, paired_views, view_correspondence
+from ..augment import COLOURS, ViewSpec, crop_matrix, render_view
+from ..correspondence import (area_box, paired_views, pixel_scale, resized_frame_box,
+                              view_correspondence)
 from ..flow.geometry import sample_at
 from ..losses import dense_equivariance_loss, pooled_loss
 from ..models import mlp
 from .base import OnlineTargetMethod, register_method
 from .flowe import upsampled
 
-
-def grid_centres(size: tuple[int, int], area: tuple[float, float], k: int,
-                 rng: np.random.Generator) -> np.ndarray:
-    """PooDLe Sec. 3 grid sampling: k centres (x, y) in pixels of an [h, w] view, one per
-    cell of side d = min(h, w) sqrt((s_min + s_max) / 2), cells without replacement (with
-    replacement only once every cell is taken)."""
-    h, w = size
-    d = min(h, w) * math.sqrt(sum(area) / 2)
-    ny, nx = max(1, int(h // d)), max(1, int(w // d))
-    order = rng.permutation(ny * nx)
-    cells = np.concatenate([order, rng.integers(ny * nx, size=max(0, k - ny * nx))])[:k]
-    cy, cx = np.divmod(cells, nx)
-    x = (cx + rng.uniform(size=k)) * (w / nx) - 0.5  # pixel-centre coordinates
-    y = (cy + rng.uniform(size=k)) * (h / ny) - 0.5
-    return np.stack([x, y], axis=1)
+CROP_GEOMETRIES = ("authors", "paper")
+MAX_TRIES_PER_CROP = 5  # src/models/poodle.py
 
 
-def carry_points(q2: torch.Tensor, A2: torch.Tensor, A1: torch.Tensor,
-                 flow_bwd: torch.Tensor) -> torch.Tensor:
-    """Points q2 [k, 2] of view 2 -> view 1 through frame 2, the backward flow [2, H, W] and
-    frame 1 (A_k [3, 3]: view k pixel -> frame k pixel): the flow-informed centre of PooDLe
-    Sec. 3."""
-    p2 = q2 @ A2[:2, :2].T + A2[:2, 2]
-    m = sample_at(flow_bwd[None], p2.T.reshape(1, 2, 1, -1), padding_mode="border")
-    p1 = p2 + m[0, :, 0].T
-    return (p1 - A1[:2, 2]) @ torch.linalg.inv(A1[:2, :2]).T
+def crop_size(image_hw: tuple[int, int], scale: tuple[float, float],
+              ratio: tuple[float, float], rng: np.random.Generator) -> tuple[int, int]:
+    """(h, w) of torchvision's RandomResizedCrop.get_params: area U(scale) of the image,
+    log-uniform aspect ratio, 10 tries, then the largest box of a clamped ratio."""
+    H, W = image_hw
+    for _ in range(10):
+        area = H * W * rng.uniform(*scale)
+        r = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w, h = int(round(math.sqrt(area * r))), int(round(math.sqrt(area / r)))
+        if 0 < w <= W and 0 < h <= H:
+            return h, w
+    if W / H < ratio[0]:
+        return int(round(W / ratio[0])), W
+    if W / H > ratio[1]:
+        return H, int(round(H * ratio[1]))
+    return H, W
 
 
-def centred_box(centre, size: tuple[int, int], area: tuple[float, float],
-                ratio: tuple[float, float], rng: np.random.Generator):
-    """A RandomResizedCrop box (x0, y0, w, h) of the given area fraction of an [h, w] view,
-    centred on `centre` and kept inside the view."""
-    h, w = size
-    a = rng.uniform(*area) * h * w
-    r = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-    bw, bh = min(w, math.sqrt(a * r)), min(h, math.sqrt(a / r))
-    x0 = float(np.clip(centre[0] + 0.5 - bw / 2, 0, w - bw))
-    y0 = float(np.clip(centre[1] + 0.5 - bh / 2, 0, h - bh))
-    return x0, y0, bw, bh
+def subcrop_cells(image_hw: tuple[int, int], area: tuple[float, float], k: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """PooDLe's search grid: cells of side res = round(sqrt(mean area) min(h, w)),
+    (h // res + 1) x (w // res + 1) of them (partial edge cells included), k drawn without
+    replacement (with, when k exceeds them). Returns ([k, 2] (row, col), res)."""
+    h, w = image_hw
+    res = max(1, round(math.sqrt(sum(area) / 2) * min(h, w)))
+    rows, cols = h // res + 1, w // res + 1
+    cells = rng.choice(rows * cols, size=k, replace=k > rows * cols)
+    return np.stack(np.divmod(cells, cols), axis=1), res
+
+
+def carry_points(q: torch.Tensor, A_src: torch.Tensor, A_dst: torch.Tensor,
+                 flow: torch.Tensor) -> torch.Tensor:
+    """Points q [k, 2] (x, y) of an image of frame a -> the image of frame b, through frame
+    a, the frame flow a -> b [2, H, W] and frame b (A_src / A_dst [3, 3]: image pixel ->
+    frame pixel): the flow-informed centre of PooDLe Sec. 3."""
+    p = q @ A_src[:2, :2].T + A_src[:2, 2]
+    m = sample_at(flow[None], p.T.reshape(1, 2, 1, -1), padding_mode="border")
+    return (p + m[0, :, 0].T - A_dst[:2, 2]) @ torch.linalg.inv(A_dst[:2, :2]).T
+
+
+def subcrop_boxes(image_hw: tuple[int, int], C: torch.Tensor, flow: torch.Tensor, *,
+                  k: int, area: tuple[float, float], ratio: tuple[float, float],
+                  jitter: float, rng: np.random.Generator) -> list[tuple]:
+    """K subcrop pairs of one direction, as the authors' code draws them: a list of
+    (online box, target box, paired) with boxes (x0, y0, w, h) in pixels of the [h, w]
+    pre-affine images (C: their pixel -> frame pixel, the same for both frames; flow: frame
+    flow from the online frame to the other [2, H, W]); paired False: the target crop
+    comes from the online image (no flow-carried point landed inside after 5 tries)."""
+    H, W = image_hw
+    cells, res = subcrop_cells(image_hw, area, k, rng)
+    out = []
+    for row, col in cells:
+        s = rng.uniform(*area)
+        bh, bw = crop_size(image_hw, (s, s), ratio, rng)
+
+        def point():
+            i = rng.integers(min(row * res, H - 1), min((row + 1) * res, H))
+            j = rng.integers(min(col * res, W - 1), min((col + 1) * res, W))
+            return max(int(i), bh // 2), max(int(j), bw // 2)
+
+        for _ in range(MAX_TRIES_PER_CROP):
+            i, j = point()
+            moved = carry_points(torch.tensor([[j, i]], dtype=torch.float32), C, C, flow)[0]
+            shake = np.array([H, W]) * (2 * rng.uniform(size=2) - 1) * jitter
+            ti, tj = np.round(np.array([moved[1], moved[0]]) + shake).astype(int)
+            if 0 <= ti < H and 0 <= tj < W:
+                paired = True
+                break
+        else:
+            (i, j), paired = point(), False
+            ti, tj = i, j
+        th, tw = crop_size(image_hw, (s, area[1]), ratio, rng)
+        y0, x0 = max(ti - th // 2, 0), max(tj - tw // 2, 0)
+        y1, x1 = min(ti - th // 2 + th, H), min(tj - tw // 2 + tw, W)
+        out.append(((j - bw // 2, i - bh // 2, bw, bh), (x0, y0, x1 - x0, y1 - y0), paired))
+    return out
 
 
 @register_method("poodle")
@@ -78,18 +128,27 @@ class PooDLe(OnlineTargetMethod):
     dense = True
     needs_flow = True
 
-    def __init__(self, *, view_size=(512, 1024), crop_area=(0.16, 0.45),
-                 affine_scale=(0.9, 1.1), rotation: float = 10.0, alpha=(0.1, 0.5),
-                 subcrops: int = 6, subcrop_area=(0.05, 0.3), subcrop_size=(192, 192),
-                 jitter: float = 0.1, dense_weight: float = 0.5, pooled_weight: float = 0.5,
-                 decoder_reduction: int = 8, decoder_order: str = "authors",
-                 hidden: int = 4096, out_dim: int = 256, **kw):
+    def __init__(self, *, view_size=(512, 1024), initial_size=(1080, 1920),
+                 initial_scale=(0.75, 1.25), crop_geometry: str = "authors",
+                 crop_area=(0.16, 0.45), affine_scale=(0.9, 1.1), rotation: float = 10.0,
+                 flip: bool = True, alpha=(0.1, 0.5), colour: str = "simclr",
+                 subcrops: int = 6, subcrop_area=(0.05, 0.3), subcrop_ratio=(3 / 4, 4 / 3),
+                 subcrop_size=(192, 192), jitter: float = 0.1, dense_weight: float = 0.5,
+                 pooled_weight: float = 0.5, decoder_reduction: int = 8,
+                 decoder_order: str = "authors", hidden: int = 4096, out_dim: int = 256, **kw):
         super().__init__(hidden=hidden, out_dim=out_dim, **kw)
         self.spec = ViewSpec(size=tuple(view_size), scale=tuple(affine_scale),
-                             rotation=rotation, flip=False)
-        self.sub_spec = ViewSpec(size=tuple(subcrop_size))  # flip, no affine
-        self.crop_area, self.alpha = tuple(crop_area), tuple(alpha)
-        self.k, self.subcrop_area, self.jitter = int(subcrops), tuple(subcrop_area), jitter
+                             rotation=rotation, flip=bool(flip))
+        if crop_geometry == "authors":
+            self.box = functools.partial(resized_frame_box, size=self.spec.size,
+                                         initial_size=tuple(initial_size),
+                                         initial_scale=tuple(initial_scale))
+        else:
+            self.box = functools.partial(area_box, size=self.spec.size, area=tuple(crop_area))
+        self.colours, self.alpha = COLOURS[colour], tuple(alpha)
+        self.k, self.jitter = int(subcrops), jitter
+        self.subcrop_area, self.subcrop_ratio = tuple(subcrop_area), tuple(subcrop_ratio)
+        self.subcrop_size = tuple(subcrop_size)
         self.weights = (dense_weight, pooled_weight)
         self.decoder = SpatialDecoder.for_trunk(self.encoder.output_shape(),
                                                 reduction=decoder_reduction,
@@ -100,51 +159,37 @@ class PooDLe(OnlineTargetMethod):
         self.add_target("decoder")
         self.add_target("pool_projector")
 
-    def _box(self, rng, H: int, W: int):
-        h, w = self.spec.size
-        a = rng.uniform(*self.crop_area) * H * W
-        cw, ch = min(W, math.sqrt(a * w / h)), min(H, math.sqrt(a * h / w))
-        return rng.uniform(0, W - cw), rng.uniform(0, H - ch), cw, ch
-
-    def _subcrops(self, frames1, frames2, views, flow_bwd, rngs):
-        """K subcrop pairs per frame pair: [N, K, 3, s, s] for each view."""
-        h, w = self.spec.size
-        out = {"sub1": [], "sub2": []}
+    def _subcrops(self, views: dict, flows: dict, rngs) -> dict:
+        """Both directions' K subcrop pairs: {"sub_online", "sub_target": [N, 2K, 3, s, s]}."""
+        size = self.spec.size
+        out = {"sub_online": [], "sub_target": []}
         for n, rng in enumerate(rngs):
-            c2 = torch.as_tensor(grid_centres((h, w), self.subcrop_area, self.k, rng),
-                                 dtype=torch.float32)
-            c1 = carry_points(c2, views["A2"][n], views["A1"][n], flow_bwd[n]).numpy()
-            c1 = c1 + rng.uniform(-self.jitter, self.jitter, size=(self.k, 2)) * (w, h)
-            c1 = np.clip(c1, 0, (w - 1, h - 1))  # both centres inside their views
-            for key, frames, centres in (("1", frames1, c1), ("2", frames2, c2.numpy())):
-                crops = []
-                for c in centres:
-                    box = centred_box(c, (h, w), self.subcrop_area, self.sub_spec.ratio, rng)
-                    S = view_matrix((h, w), self.sub_spec, rng, box=box)
-                    crop = render_view(frames[n], views["A" + key][n] @ S, self.sub_spec.size)
-                    crops.append(photometric(crop, rng, **VIEW_COLOUR[key]))
-                out["sub" + key].append(torch.stack(crops))
+            online, target = [], []
+            for a, b in (("1", "2"), ("2", "1")):
+                pairs = subcrop_boxes(size, views["C"][n], flows[a + b][n], k=self.k,
+                                      area=self.subcrop_area, ratio=self.subcrop_ratio,
+                                      jitter=self.jitter, rng=rng)
+                for box_a, box_b, paired in pairs:
+                    online.append(render_view(views["pre" + a][n],
+                                              crop_matrix(box_a, self.subcrop_size).float(),
+                                              self.subcrop_size))
+                    target.append(render_view(views["pre" + (b if paired else a)][n],
+                                              crop_matrix(box_b, self.subcrop_size).float(),
+                                              self.subcrop_size))
+            out["sub_online"].append(torch.stack(online))
+            out["sub_target"].append(torch.stack(target))
         return {k: torch.stack(v) for k, v in out.items()}
 
     def make_views(self, frames1, frames2, rngs, *, flow_fwd=None, flow_bwd=None) -> dict:
-        views = paired_views(frames1, frames2, rngs, self.spec, self._box)
-        size = self.spec.size
+        views = paired_views(frames1, frames2, rngs, self.spec, self.box, self.colours)
+        size, scale = self.spec.size, pixel_scale(views["C"])
         views["flow12"], views["valid12"] = view_correspondence(
-            flow_fwd, flow_bwd, views["A1"], views["A2"], size, self.alpha)
+            flow_fwd, flow_bwd, views["A1"], views["A2"], size, self.alpha, scale=scale)
         views["flow21"], views["valid21"] = view_correspondence(
-            flow_bwd, flow_fwd, views["A2"], views["A1"], size, self.alpha)
-        views.update(self._subcrops(frames1, frames2, views, flow_bwd, rngs))
+            flow_bwd, flow_fwd, views["A2"], views["A1"], size, self.alpha, scale=scale)
+        views.update(self._subcrops(views, {"12": flow_fwd, "21": flow_bwd}, rngs))
+        del views["pre1"], views["pre2"]
         return views
-
-    def _dense(self, x, online: bool, observe: bool = False):
-        if online:
-            features = self.encoder(x)
-            z = self.projector(self.decoder(features))
-            if observe:
-                self.observe(projections=z, embeddings=features["res5"])
-            return upsampled(self.predictor(z), x.shape[-2:])
-        z = self.target_projector(self.target_decoder(self.target_encoder(x)))
-        return upsampled(z.detach(), x.shape[-2:])
 
     def _pooled(self, x, online: bool):
         if online:
@@ -152,20 +197,27 @@ class PooDLe(OnlineTargetMethod):
         return self.target_pool_projector(self.target_encoder(x)["res5"].mean((2, 3))).detach()
 
     def losses(self, views: dict) -> dict[str, torch.Tensor]:
-        v1, v2 = views["view1"], views["view2"]
-        kept = (views["valid12"].float().mean() + views["valid21"].float().mean()) / 2
-        self.observe(mask_kept=kept)
-        dense = (dense_equivariance_loss(self._dense(v1, True, observe=True),
-                                         self._dense(v2, False),
-                                         views["flow12"], views["valid12"])
-                 + dense_equivariance_loss(self._dense(v2, True), self._dense(v1, False),
-                                           views["flow21"], views["valid21"]))
-        s1, s2 = views["sub1"], views["sub2"]
-        n, k = s1.shape[:2]
-        q1, q2 = (self._pooled(s.flatten(0, 1), True).unflatten(0, (n, k)) for s in (s1, s2))
-        z1, z2 = (self._pooled(s.flatten(0, 1), False).unflatten(0, (n, k)) for s in (s1, s2))
-        pooled = pooled_loss(q1, z2) + pooled_loss(q2, z1)
-        return {"loss_dense": self.weights[0] * dense, "loss_pool": self.weights[1] * pooled}
+        # both directions in one 2N batch (the authors' x = cat(source, target) and
+        # teacher_x = cat(target, source)): one BatchNorm batch, the loss their mean
+        online_x = torch.cat([views["view1"], views["view2"]])
+        target_x = torch.cat([views["view2"], views["view1"]])
+        flow = torch.cat([views["flow12"], views["flow21"]])
+        valid = torch.cat([views["valid12"], views["valid21"]])
+        self.observe(mask_kept=valid.float().mean())
+        features = self.encoder(online_x)
+        z = self.projector(self.decoder(features))
+        self.observe(projections=z, embeddings=features["res5"])
+        p = upsampled(self.predictor(z), online_x.shape[-2:])
+        with torch.no_grad():
+            zt = self.target_projector(self.target_decoder(self.target_encoder(target_x)))
+        dense = dense_equivariance_loss(p, upsampled(zt, target_x.shape[-2:]), flow, valid)
+        s_online, s_target = views["sub_online"], views["sub_target"]
+        n, k = s_online.shape[:2]
+        q = self._pooled(s_online.flatten(0, 1), True).unflatten(0, (n, k))
+        with torch.no_grad():
+            zp = self._pooled(s_target.flatten(0, 1), False).unflatten(0, (n, k))
+        return {"loss_dense": self.weights[0] * dense,
+                "loss_pool": self.weights[1] * pooled_loss(q, zp)}
 
     def decoder_entry(self) -> dict:
         return self.decoder.checkpoint_entry()

@@ -32,10 +32,13 @@ def test_paper_numbers_are_the_papers():
 
 
 def test_epochs_become_steps_with_repeated_sampling():
-    config = apply_overrides(load_preset("poodle", "paper"), ["data.repeats=4"])
+    config = load_preset("poodle", "paper")
     s = resolve("poodle", config, num_videos=1000, seed=3)["schedule"]
-    # an epoch visits each of 1000 videos once, 4 pairs per visit: 4000 / 128 = 31.25 steps
-    assert s["steps"] == 9375 and s["warmup_steps"] == 63 and s["seed"] == 3
+    # an epoch visits each of 1000 videos once, 2 pairs per visit: 2000 / 128 = 15.625 steps;
+    # the authors' 300 epochs count each visit twice (src/train.py epoch_increment = 2): 150
+    assert s["steps"] == 2344 and s["warmup_steps"] == 16 and s["seed"] == 3
+    config = apply_overrides(config, ["data.repeats=4"])
+    assert resolve("poodle", config, num_videos=1000, seed=3)["schedule"]["steps"] == 4688
 
 
 def test_unknown_keys_and_bad_overrides_fail():
@@ -127,7 +130,7 @@ def test_workers_and_resume_do_not_change_what_is_trained_even_with_bad_videos(
     ("data.repeats=0", "data.repeats: must be a whole number >= 1"),
     ("data.dt_frames=[3, 1]", "data.dt_frames: a whole number > 0 or a [min, max]"),
     ("model.view_size=[0, 16]", "model.view_size: [height, width], whole numbers >= 1"),
-    ("model.crop_scale=[1.25, 0.75]", "model.crop_scale: [min, max], numbers > 0"),
+    ("model.initial_scale=[1.25, 0.75]", "model.initial_scale: [min, max], numbers > 0"),
     ("model.rotation=.nan", "model.rotation: must be >= 0, got nan"),
     ("model.hidden=0", "model.hidden: must be a whole number >= 1"),
 ])
