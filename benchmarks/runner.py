@@ -128,8 +128,11 @@ def protocol_kwargs(resolved: dict, seed: int, num_workers: int = 0,
                     lr_steps=tuple(round(e * per_epoch) for e in p["lr_steps"]),
                     gamma=float(p["gamma"]), warmup_iterations=p["warmup_iterations"],
                     warmup_factor=float(p["warmup_factor"]))
+    optional = {k: p[k] for k in ("warmup_iterations", "loss") if k in p}
+    optional.update({k: float(p[k]) for k in ("warmup_factor", "weight_decay_norm", "loss_top_k")
+                     if k in p})
     return dict(common, iterations=p["iterations"], poly_power=float(p["poly_power"]),
-                crop=tuple(p["crop"]), resize=p["resize"])
+                crop=tuple(p["crop"]), resize=p["resize"], **optional)
 
 
 def class_group_indices(resolved: dict, train_set, run_dir: Path) -> dict[str, list[int]]:
@@ -273,7 +276,8 @@ def _segmentation(resolved, ckpt, train_set, run_dir, log):
     def evaluate_fn(model, eval_set, device, progress):
         metrics = evaluate(model, eval_set, num_classes=train_set.num_classes, device=device,
                            mode=ev.get("mode", "whole"), crop=ev.get("crop"),
-                           stride=ev.get("stride"), class_groups=groups, progress=progress)
+                           stride=ev.get("stride"), resize=ev.get("resize"),
+                           class_groups=groups, progress=progress)
         return {k: v for k, v in metrics.items() if k != "IoU"}, "IoU", metrics["IoU"]
 
     extra = {"class_groups": {g: [train_set.classes[i] for i in idx]
@@ -291,7 +295,7 @@ def _segmentation(resolved, ckpt, train_set, run_dir, log):
             with torch.no_grad():
                 pred = predict(model, to_tensor(item["image"]).to(device),
                                mode=ev.get("mode", "whole"), crop=ev.get("crop"),
-                               stride=ev.get("stride"))
+                               stride=ev.get("stride"), resize=ev.get("resize"))
             plots.qualitative(item["image"], item["label"], pred.cpu().numpy(),
                               train_set.classes, getattr(train_set, "palette", None),
                               folder / f"{i:02d}.png", f"{title}, image {i}")

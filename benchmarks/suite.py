@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,8 @@ SCHEMA = {
     "source": dict, "scales": dict, "head_options": dict,
 }
 SPLITS = {"train": str, "eval": str}
-EVAL = {"mode": str, "crop": list, "stride": list}
+EVAL = {"mode": str, "crop": list, "stride": list, "resize": list}
+SEG_LOSSES = ("cross_entropy", "hard_pixel_mining")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,12 @@ class Task:
     cited: tuple[str, ...]
     required: tuple[str, ...]
     forbidden: tuple[str, ...]
+    optional: dict = dataclasses.field(default_factory=dict)  # protocol keys with defaults;
+    # cited when given
+
+    @property
+    def all_protocol(self) -> dict:
+        return {**self.protocol, **self.optional}
 
 
 TASKS = {
@@ -42,7 +50,11 @@ TASKS = {
                   "checkpoint_every": int},
         cited=("iterations", "batch_size", "lr", "momentum", "weight_decay", "schedule",
                "poly_power", "resize", "crop", "eval"),
-        required=("class_groups",), forbidden=()),
+        required=("class_groups",), forbidden=(),
+        # detectron2's linear warmup, weight decay of norm layers (WEIGHT_DECAY_NORM), and
+        # the DeepLab project's hard_pixel_mining loss (DeepLabCE, top loss_top_k of pixels)
+        optional={"warmup_iterations": int, "warmup_factor": float, "weight_decay_norm": float,
+                  "loss": str, "loss_top_k": float}),
     "object_detection": Task(
         protocol={"epochs": float, "batch_size": int, "optimizer": str, "lr": float,
                   "momentum": float, "weight_decay": float, "schedule": str,
@@ -68,7 +80,8 @@ RANGES = {
     "poly_power": NON_NEGATIVE, "epochs": POSITIVE, "gamma": POSITIVE,
     "warmup_iterations": NON_NEGATIVE, "warmup_factor": Range(0, 1, open_low=True),
     "k": AT_LEAST_1, "temperature": POSITIVE, "memory_size": AT_LEAST_1,
-    "augment_epochs": AT_LEAST_1,
+    "augment_epochs": AT_LEAST_1, "weight_decay_norm": NON_NEGATIVE,
+    "loss_top_k": Range(0, 1, open_low=True),
 }
 
 
@@ -120,14 +133,18 @@ def validate_suite(data: dict, where: str = "suite") -> dict:
     if present:
         raise SuiteError(f"{where}: {data['task']} suites have no {present}")
     _check_keys(f"{where}.splits", data["splits"], SPLITS)
-    _check_keys(f"{where}.protocol", data["protocol"], task.protocol)
+    _check_keys(f"{where}.protocol", data["protocol"], task.all_protocol, required=False)
+    missing = sorted(set(task.protocol) - set(data["protocol"]))
+    if missing:
+        raise SuiteError(f"{where}.protocol: missing key(s) {missing}")
     if "eval" in task.cited:
         _check_keys(f"{where}.eval", data.get("eval", {"mode": "whole"}), EVAL, required=False)
     _check_protocol(where, data["task"], data["protocol"], data.get("eval", {"mode": "whole"}))
     if data["task"] != "semantic_segmentation" and data.get("finetune"):
         raise SuiteError(f"{where}.finetune: {data['task']} readouts exist with a frozen "
                          f"backbone only")
-    uncited = [k for k in task.cited if k not in data["source"]]
+    cited = (*task.cited, *(k for k in task.optional if k in data["protocol"]))
+    uncited = [k for k in cited if k not in data["source"]]
     if uncited:
         raise SuiteError(f"{where}.source: no source for {uncited}; every number needs one")
     scale_schema = ({"protocol": dict, "eval": dict, "head_options": dict} if "eval" in task.cited
@@ -135,7 +152,7 @@ def validate_suite(data: dict, where: str = "suite") -> dict:
     for scale, body in data.get("scales", {}).items():
         _check_keys(f"{where}.scales.{scale}", body, scale_schema, False)
         _check_keys(f"{where}.scales.{scale}.protocol", body.get("protocol", {}),
-                    task.protocol, required=False)
+                    task.all_protocol, required=False)
         _check_keys(f"{where}.scales.{scale}.eval", body.get("eval", {}), EVAL, required=False)
     from readout.datasets import get_dataset_class
     get_dataset_class(data["dataset"])
@@ -186,7 +203,8 @@ def _check_ranges(where: str, p: dict, ev: dict) -> None:
         if key in RANGES and value not in RANGES[key]:
             raise SuiteError(f"{where}.protocol.{key}: must be {RANGES[key]}, got {value!r}")
     sizes = {"protocol.crop": p.get("crop"), "eval.crop": ev.get("crop"),
-             "eval.stride": ev.get("stride"), "protocol.resize.short_side":
+             "eval.stride": ev.get("stride"), "eval.resize": ev.get("resize"),
+             "protocol.resize.short_side":
              p.get("resize", {}).get("short_side"), "protocol.resize.scale":
              p.get("resize", {}).get("scale")}
     for key, value in sizes.items():
@@ -213,6 +231,9 @@ def _check_protocol(where: str, task: str, p: dict, ev: dict) -> None:
         return
     if task == "semantic_segmentation" and (p["optimizer"] != "sgd" or p["schedule"] != "poly"):
         raise SuiteError(f"{where}.protocol: only optimizer 'sgd' with schedule 'poly' exist")
+    if p.get("loss", "cross_entropy") not in SEG_LOSSES:
+        raise SuiteError(f"{where}.protocol.loss: {p['loss']!r} is not one of "
+                         f"{', '.join(SEG_LOSSES)}")
     if set(p["resize"]) not in ({"short_side"}, {"scale", "ratio"}):
         raise SuiteError(f"{where}.protocol.resize: either {{short_side: [a, b]}} or "
                          f"{{scale: [w, h], ratio: [r0, r1]}}")
@@ -239,7 +260,7 @@ def load_suite(name_or_path: str) -> dict:
 def overridable(task: str) -> list[str]:
     """The dotted keys a suite of `task` accepts as ``key=value`` overrides."""
     spec = TASKS[task]
-    keys = [f"splits.{k}" for k in SPLITS] + [f"protocol.{k}" for k in spec.protocol]
+    keys = [f"splits.{k}" for k in SPLITS] + [f"protocol.{k}" for k in spec.all_protocol]
     if "eval" in spec.cited:
         keys += [f"eval.{k}" for k in EVAL]
     if task == "semantic_segmentation":

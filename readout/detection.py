@@ -231,7 +231,7 @@ class DetectionReadout(FasterRCNN):
         return tuple(zip(*samples))  # (images, targets): images differ in size
 
     @staticmethod
-    def training_losses(net, batch, device) -> dict[str, torch.Tensor]:
+    def training_losses(net, batch, device, schedule=None) -> dict[str, torch.Tensor]:
         """RPN objectness + box regression and Fast R-CNN classification + box regression
         (torchvision's losses; `net` is the model or its DDP wrapper)."""
         images, targets = batch

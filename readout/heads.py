@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from .backbone import ShapeSpec
 from .registry import Registry
@@ -80,21 +79,78 @@ class DeepLabV1Head(ReadoutHead):
         return {"out": self.classifier(x if self.norm is None else self.norm(x))}
 
 
+def _c2_xavier_fill(conv: nn.Conv2d) -> nn.Conv2d:
+    """detectron2 ``c2_xavier_fill``: Caffe2's XavierFill (kaiming uniform, a = 1), bias 0."""
+    nn.init.kaiming_uniform_(conv.weight, a=1)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
+class ASPP(nn.Module):
+    """detectron2's ASPP (detectron2/layers/aspp.py): a 1x1 and three 3x3 atrous conv-BN-ReLU
+    branches, image pooling (average pooling, then a 1x1 conv with bias and ReLU, no BN,
+    resized back), a 1x1 conv-BN-ReLU projection and dropout. ``pool_kernel`` None pools
+    globally; (h, w) averages windows of that size with stride 1, as the DeepLab project
+    sets it to the train crop / 16: global at train time, local windows on larger test
+    images (a window larger than the feature map is cut to it)."""
+
+    def __init__(self, cin: int, channels: int, rates, *, pool_kernel=None,
+                 dropout: float = 0.1):
+        super().__init__()
+        self.branches = nn.ModuleList([_conv_bn_relu(cin, channels, 1)] + [
+            nn.Sequential(nn.Conv2d(cin, channels, 3, padding=r, dilation=r, bias=False),
+                          nn.BatchNorm2d(channels), nn.ReLU(inplace=True)) for r in rates])
+        self.pool_kernel = tuple(pool_kernel) if pool_kernel else None
+        self.pool_conv = nn.Conv2d(cin, channels, 1)
+        self.project = _conv_bn_relu((len(rates) + 2) * channels, channels, 1)
+        self.dropout = nn.Dropout(dropout)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                _c2_xavier_fill(m)
+
+    def forward(self, x):
+        size = x.shape[-2:]
+        if self.pool_kernel is None:
+            pooled = F.adaptive_avg_pool2d(x, 1)
+        else:
+            pooled = F.avg_pool2d(x, tuple(min(k, n) for k, n in zip(self.pool_kernel, size)),
+                                  stride=1)
+        pooled = F.interpolate(F.relu(self.pool_conv(pooled)), size=size, mode="bilinear",
+                               align_corners=False)
+        out = torch.cat([b(x) for b in self.branches] + [pooled], dim=1)
+        return self.dropout(self.project(out))
+
+
 @register_head("deeplab_v3")
 class DeepLabV3Head(ReadoutHead):
-    """PixPro-flow Table 3 (detectron2's DeepLab v3 project): res5 dilated (output stride
-    16) with multigrid (1, 2, 4), ASPP with 256 channels, rates 6/12/18 and image pooling,
-    dropout 0.1, then a 1x1 predictor."""
+    """PixPro-flow Table 3 with the authors' detectron2 DeepLab v3 project
+    (rioyokotalab/detectron2 dev-v0.6 projects/DeepLab/deeplab/semantic_seg.py
+    DeepLabV3Head): res5 dilated (output stride 16) with multigrid (1, 2, 4), detectron2's
+    ASPP with 256 channels, rates 6/12/18, image pooling over ``pool_kernel`` feature
+    pixels (train crop / 16), dropout 0.1, then a 1x1 predictor initialised N(0, 0.001)."""
 
     dilation = (False, False, True)
     multigrid = (1, 2, 4)
 
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        kernel = options.get("pool_kernel")
+        if kernel is not None and not (isinstance(kernel, (list, tuple)) and len(kernel) == 2
+                                       and all(isinstance(k, int) and k >= 1 for k in kernel)):
+            raise ValueError(f"deeplab_v3 pool_kernel {kernel!r}: [h, w] in feature pixels "
+                             f"(the train crop / 16), or null for global pooling")
+
     def __init__(self, *, input_shape: dict[str, ShapeSpec], num_classes: int,
-                 channels: int = 256, rates=(6, 12, 18), dropout: float = 0.1):
+                 channels: int = 256, rates=(6, 12, 18), dropout: float = 0.1,
+                 pool_kernel=None):
         super().__init__()
-        self.aspp = ASPP(input_shape["res5"].channels, list(rates), channels)
-        self.aspp.project[-1].p = dropout  # torchvision hard-codes 0.5
+        self.check_options({"pool_kernel": pool_kernel})
+        self.aspp = ASPP(input_shape["res5"].channels, channels, list(rates),
+                         pool_kernel=pool_kernel, dropout=dropout)
         self.predictor = nn.Conv2d(channels, num_classes, 1)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.zeros_(self.predictor.bias)
 
     def forward(self, features):
         return {"out": self.predictor(self.aspp(features["res5"]))}

@@ -14,6 +14,25 @@ from .heads import find_head_class
 from .transforms import IGNORE_INDEX, train_transform
 
 
+def pixel_loss(logits: torch.Tensor, labels: torch.Tensor, *, loss: str = "cross_entropy",
+               top_k: float = 0.2) -> torch.Tensor:
+    """Segmentation loss of logits [B, C, H, W] against labels [B, H, W] (255: ignored).
+
+    cross_entropy: the mean over labelled pixels. hard_pixel_mining: detectron2's DeepLab
+    project ``DeepLabCE`` (projects/DeepLab/deeplab/loss.py): per-pixel cross-entropy
+    (ignored pixels count with loss 0), the mean of the int(top_k x B H W) largest.
+    """
+    if loss == "cross_entropy":
+        return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+    if loss != "hard_pixel_mining":
+        raise ValueError(f"unknown loss {loss!r}; known: cross_entropy, hard_pixel_mining")
+    pixels = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX,
+                             reduction="none").flatten()
+    if top_k >= 1.0:
+        return pixels.mean()
+    return torch.topk(pixels, max(1, int(top_k * pixels.numel()))).values.mean()
+
+
 class SegmentationReadout(nn.Module):
     def __init__(self, *, backbone: nn.Module, head: nn.Module,
                  decoder: nn.Module | None = None, train_backbone: bool = False):
@@ -65,17 +84,17 @@ class SegmentationReadout(nn.Module):
 
     collate = staticmethod(torch.utils.data.default_collate)
 
-    def training_losses(self, net, batch, device) -> dict[str, torch.Tensor]:
-        """Pixel cross-entropy (ignore 255), plus the weighted auxiliary one if the head has
-        it; `net` is this model or its DDP wrapper."""
+    def training_losses(self, net, batch, device, schedule) -> dict[str, torch.Tensor]:
+        """The schedule's pixel loss (``pixel_loss``), plus the weighted auxiliary one if the
+        head has it; `net` is this model or its DDP wrapper."""
         images, labels = (t.to(device, non_blocking=True) for t in batch)
         with autocast(device):
             out = net(images)
-        losses = {"loss_seg": F.cross_entropy(out["out"].float(), labels,
-                                              ignore_index=IGNORE_INDEX)}
+        kind = dict(loss=schedule.loss, top_k=schedule.loss_top_k)
+        losses = {"loss_seg": pixel_loss(out["out"].float(), labels, **kind)}
         if "aux" in out:
-            losses["loss_aux"] = self.head.aux_weight * F.cross_entropy(
-                out["aux"].float(), labels, ignore_index=IGNORE_INDEX)
+            losses["loss_aux"] = self.head.aux_weight * pixel_loss(out["aux"].float(), labels,
+                                                                   **kind)
         return losses
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from core.runtime import autocast, one_thread_worker, rank_world
@@ -48,6 +49,9 @@ class ReadoutSchedule:
     gamma: float = 0.1
     warmup_iterations: int = 0  # linear warmup from warmup_factor (detectron2's rule)
     warmup_factor: float = 0.001
+    weight_decay_norm: float | None = None  # norm layers' decay (None: weight_decay)
+    loss: str = "cross_entropy"  # segmentation: or "hard_pixel_mining" (top loss_top_k)
+    loss_top_k: float = 0.2
     crop: tuple[int, int] | None = None  # segmentation samples only
     resize: dict | None = None
     num_workers: int = 0
@@ -67,6 +71,24 @@ def learning_rate(s: ReadoutSchedule, iteration: int) -> float:
         alpha = iteration / s.warmup_iterations
         lr *= s.warmup_factor * (1 - alpha) + alpha
     return lr
+
+
+NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm,
+               torch.nn.LocalResponseNorm)
+
+
+def parameter_groups(model, s: ReadoutSchedule) -> list[dict]:
+    """The trainable parameters; with ``weight_decay_norm`` set, those of norm layers in a
+    group of their own with that decay (detectron2 ``get_default_optimizer_params``,
+    SOLVER.WEIGHT_DECAY_NORM)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if s.weight_decay_norm is None:
+        return [{"params": trainable}]
+    norm = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS)
+            for p in m.parameters(recurse=False)}
+    return [{"params": [p for p in trainable if id(p) not in norm]},
+            {"params": [p for p in trainable if id(p) in norm],
+             "weight_decay": s.weight_decay_norm}]
 
 
 class _TrainSamples(torch.utils.data.Dataset):
@@ -101,12 +123,11 @@ def train_readout(model, dataset, schedule: ReadoutSchedule, *, device, work_dir
         raise ValueError(f"batch size {schedule.batch_size} is not divisible by {size} ranks")
     per_rank = schedule.batch_size // size
     model.to(device).train()
-    params = model.trainable_parameters()
     indices = model.training_indices(dataset)
     if not indices:
         raise ValueError(f"{getattr(dataset, 'name', 'dataset')}: no usable training images")
-    optimizer = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum,
-                                weight_decay=schedule.weight_decay)
+    optimizer = torch.optim.SGD(parameter_groups(model, schedule), lr=schedule.lr,
+                                momentum=schedule.momentum, weight_decay=schedule.weight_decay)
     net = model
     if size > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -141,7 +162,7 @@ def train_readout(model, dataset, schedule: ReadoutSchedule, *, device, work_dir
         # (seed, iteration, rank) too, so a resumed run repeats it exactly
         torch.manual_seed(int(np.random.SeedSequence([schedule.seed, it, rank])
                               .generate_state(1)[0]))
-        parts = model.training_losses(net, batch, device)
+        parts = model.training_losses(net, batch, device, schedule)
         loss = sum(parts.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"readout loss is {loss.item()} at iteration {it} "
@@ -178,10 +199,19 @@ def _load_trainable(model, state: dict, path) -> None:
 
 @torch.no_grad()
 def predict(model, image: torch.Tensor, *, mode: str = "whole", crop=None,
-            stride=None) -> torch.Tensor:
+            stride=None, resize=None) -> torch.Tensor:
     """Class map [H, W] for one normalised image [3, H, W]; ``slide`` averages the logits
-    of crop windows taken every `stride` pixels (mmsegmentation's slide inference)."""
+    of crop windows taken every `stride` pixels (mmsegmentation's slide inference).
+    `resize` (h, w): the whole image is predicted at exactly that size (bilinear, aspect not
+    kept) and the logits resized back (detectron2's T.Resize test augmentation and
+    sem_seg_postprocess)."""
     x = image[None]
+    if mode == "whole" and resize is not None:
+        H, W = x.shape[-2:]
+        x = F.interpolate(x, size=tuple(resize), mode="bilinear", align_corners=False)
+        logits = model(x)["out"].float()
+        return F.interpolate(logits, size=(H, W), mode="bilinear",
+                             align_corners=False)[0].argmax(0)
     if mode == "whole":
         return model(x)["out"][0].argmax(0)
     if mode != "slide":
@@ -206,7 +236,7 @@ def predict(model, image: torch.Tensor, *, mode: str = "whole", crop=None,
 
 
 def evaluate(model, dataset, *, num_classes: int, device, mode: str = "whole", crop=None,
-             stride=None, class_groups=None, progress: bool = True) -> dict:
+             stride=None, resize=None, class_groups=None, progress: bool = True) -> dict:
     """Metrics over `dataset` (sharded over DDP ranks, confusion matrices summed)."""
     device = torch.device(device)
     model.to(device).eval()
@@ -217,7 +247,7 @@ def evaluate(model, dataset, *, num_classes: int, device, mode: str = "whole", c
         item = dataset[i]
         with autocast(device):
             pred = predict(model, to_tensor(item["image"]).to(device), mode=mode, crop=crop,
-                           stride=stride)
+                           stride=stride, resize=resize)
         label = torch.from_numpy(item["label"])
         metric.update(pred.cpu(), label)
     if size > 1:

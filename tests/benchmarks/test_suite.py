@@ -46,6 +46,24 @@ def test_paper_numbers():
             12, 16, 0.02, [8, 11], 0.1)
 
 
+@pytest.mark.parametrize("name", ["cityscapes_deeplabv3", "bdd_deeplabv3"])
+@pytest.mark.parametrize("scale", [None, "smoke"])
+def test_deeplab_v3_suites_are_the_authors_detectron2_configs(name, scale):
+    """rioyokotalab/detectron2 dev-v0.6 projects/DeepLab configs: 1000 warmup iterations
+    from 1/1000, no decay on norms, cross-entropy, pooling over crop / 16; BDD no flip and
+    a fixed 1024x2048 test size."""
+    suite = resolve_suite(name, scale=scale)
+    p = suite["protocol"]
+    assert p["warmup_factor"] == 0.001 and p["weight_decay_norm"] == 0.0
+    assert p["loss"] == "cross_entropy"
+    assert suite["head_options"]["pool_kernel"] == [c // 16 for c in p["crop"]]
+    if scale is None:
+        assert p["warmup_iterations"] == 1000
+        assert (p["batch_size"], p["lr"]) == ((8, 0.01) if name.startswith("city") else (16, 0.02))
+    assert p["flip"] is name.startswith("city")
+    assert ("resize" in suite["eval"]) is name.startswith("bdd")
+
+
 def test_detection_epochs_become_iterations():
     from benchmarks.runner import protocol_kwargs
     kw = protocol_kwargs(resolve_suite("bdd_det_c4"), seed=0, train_images=70000)

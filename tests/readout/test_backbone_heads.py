@@ -148,3 +148,18 @@ def test_the_decoder_computes_the_order_its_checkpoint_entry_names():
         assert (authors - paper(feats)).norm() / paper(feats).norm() > 0.05
     with pytest.raises(ValueError, match="authors, paper"):
         SpatialDecoder(order="eq3")
+
+
+def test_deeplab_v3_image_pooling_is_global_at_the_train_crop_and_local_beyond():
+    """detectron2's DeepLabV3Head pools over train crop / 16 feature pixels with stride 1:
+    the same as global pooling on a train-sized map, local windows on a larger one."""
+    from readout.heads import ASPP
+    torch.manual_seed(0)
+    local = ASPP(8, 4, [1], pool_kernel=(2, 4)).eval()
+    wide = ASPP(8, 4, [1]).eval()
+    wide.load_state_dict(local.state_dict())
+    x = torch.randn(1, 8, 2, 4)
+    assert torch.allclose(local(x), wide(x), atol=1e-6)
+    x = torch.randn(1, 8, 4, 8)
+    assert not torch.allclose(local(x), wide(x), atol=1e-3)
+    assert local(torch.randn(1, 8, 1, 2)).shape == (1, 4, 1, 2)  # window cut to the map

@@ -64,3 +64,54 @@ def test_sliding_window_covers_the_image(tiny_root):
     assert pred.shape == item["label"].shape
     with pytest.raises(ValueError, match="whole, slide"):
         predict(model, x, mode="tiles")
+
+
+def test_hard_pixel_mining_averages_exactly_the_top_20_percent_of_pixel_losses():
+    from readout.model import pixel_loss
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 5, 6, 10), torch.randint(0, 5, (2, 6, 10))
+    labels[0, 0] = 255  # ignored pixels count with loss 0, as in DeepLabCE
+    per_pixel = torch.nn.functional.cross_entropy(logits, labels, ignore_index=255,
+                                                  reduction="none").flatten()
+    k = int(0.2 * per_pixel.numel())  # 24 of 120
+    top = per_pixel.sort(descending=True).values[:k].mean()
+    assert pixel_loss(logits, labels, loss="hard_pixel_mining") == pytest.approx(top.item())
+    assert pixel_loss(logits, labels) == pytest.approx(per_pixel[per_pixel > 0].mean().item())
+    assert pixel_loss(logits, labels, loss="hard_pixel_mining") > pixel_loss(logits, labels)
+
+
+def test_norm_layers_get_their_own_weight_decay():
+    from readout.train import parameter_groups
+    model = _model("deeplab_v3")
+    groups = parameter_groups(model, ReadoutSchedule(**SCHEDULE, weight_decay_norm=0.0))
+    rest, norm = groups
+    assert norm["weight_decay"] == 0.0 and "weight_decay" not in rest
+    bn = [m for m in model.head.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert {id(p) for m in bn for p in m.parameters()} == {id(p) for p in norm["params"]}
+    assert len(rest["params"]) + len(norm["params"]) == len(model.trainable_parameters())
+    assert len(parameter_groups(model, ReadoutSchedule(**SCHEDULE))) == 1
+
+
+def test_warmup_multiplies_the_poly_decay():
+    from readout.train import learning_rate
+    s = ReadoutSchedule(**{**SCHEDULE, "iterations": 100}, warmup_iterations=10)
+    assert learning_rate(s, 0) == pytest.approx(0.01 * 0.001)
+    assert learning_rate(s, 5) == pytest.approx(0.01 * (1 - 0.05) ** 0.9 * (0.001 * 0.5 + 0.5))
+    assert learning_rate(s, 10) == pytest.approx(0.01 * 0.9 ** 0.9)
+
+
+def test_a_fixed_test_size_predicts_there_and_scores_at_the_native_size():
+    from readout.train import predict
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(tuple(x.shape[-2:]))
+            return {"out": x[:, :2]}
+
+    image = torch.zeros(3, 36, 64)
+    image[0, :, :20] = 1.0  # class 0 on the left, class 1 on the right
+    image[1, :, 20:] = 1.0
+    pred = predict(Probe(), image, resize=(64, 128))
+    assert seen == [(64, 128)] and pred.shape == (36, 64)
+    assert (pred[:, :18] == 0).all() and (pred[:, 22:] == 1).all()
