@@ -47,3 +47,30 @@ def lighter_detector(model, rois: int = 64, proposals: int = 100):
     model.roi_heads.fg_bg_sampler.batch_size_per_image = rois
     model.rpn._post_nms_top_n = {**model.rpn._post_nms_top_n, "testing": proposals}
     return model
+
+
+def authors_poodle_decoder(*, channels: int = 2048, lateral_channels=(1024, 512),
+                           width: int = 256):
+    """PooDLe's spatial decoder written to the authors' definition
+    (agentic-learning-ai-lab/poodle src/models/poodle.py, Poodle.__init__): torchvision
+    Bottlenecks ``decoder_blocks`` (``Bottleneck(2048, 512, base_width=32)``: width 256)
+    and 1x1 convs with bias ``decoder_laterals``; its state-dict keys are the authors'."""
+    import torch
+    from torchvision.models.resnet import Bottleneck
+    blocks = torch.nn.ModuleList(Bottleneck(channels, channels // 4,
+                                            base_width=64 * width * 4 // channels)
+                                 for _ in lateral_channels)
+    laterals = torch.nn.ModuleList(torch.nn.Conv2d(c, channels, 1) for c in lateral_channels)
+    return torch.nn.ModuleDict({"decoder_blocks": blocks, "decoder_laterals": laterals})
+
+
+def authors_poodle_decode(decoder, feats: list):
+    """The authors' forward (Poodle.forward): from the last feature, per level block ->
+    2x bilinear upsampling -> + lateral of the feature before."""
+    import torch.nn.functional as F
+    z = feats[-1]
+    for i, lateral in enumerate(decoder["decoder_laterals"]):
+        z = decoder["decoder_blocks"][i](z)
+        z = F.interpolate(z, scale_factor=2, mode="bilinear", align_corners=False)
+        z = z + lateral(feats[-i - 2])
+    return z

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from pretrain.cli import at_least
 
+from ..cli import UserError
+from ..checkpoint_layouts import (AUTHORS_SOURCES, BASIC_SOURCES, IMPORT_SOURCES, WEIGHTS,
+                                  WEIGHTS_HELP)
 from ..suite import load_suite, resolve_suite, suite_names
 
 
@@ -52,9 +55,12 @@ def register(sub) -> None:
     p.add_argument("out")
     p.set_defaults(func=cmd_export)
     p = csub.add_parser("import", help="turn a torchvision / detectron2 .pkl / mmseg "
-                        "checkpoint into flowssl-backbone/1")
-    p.add_argument("--from", dest="source", required=True,
-                   choices=("torchvision", "detectron2", "mmseg"))
+                        "checkpoint, or a file the authors of PooDLe, FlowE, PixPro, DenseCL, "
+                        "BYOL or MoCo v2 released, into flowssl-backbone/1")
+    p.add_argument("--from", dest="source", required=True, choices=IMPORT_SOURCES,
+                   help="the file's format (README: Importing the authors' checkpoints)")
+    p.add_argument("--weights", choices=WEIGHTS, default="online",
+                   help=f"for {', '.join(AUTHORS_SOURCES)}: {WEIGHTS_HELP}")
     p.add_argument("path")
     p.add_argument("out")
     p.set_defaults(func=cmd_import)
@@ -175,7 +181,12 @@ def cmd_export(args) -> int:
 def cmd_import(args) -> int:
     from readout.backbone import file_sha256, save_checkpoint
     from ..convert import IMPORTERS
-    print(f"importing {args.source} checkpoint {args.path}:")
-    save_checkpoint(IMPORTERS[args.source](args.path), args.out)
+    weights = {} if args.source in BASIC_SOURCES else {"weights": args.weights}
+    if not weights and args.weights != "online":
+        raise UserError(f"--weights {args.weights}: {args.source} files hold one set of "
+                        f"weights; --weights is for {', '.join(AUTHORS_SOURCES)}")
+    print(f"importing {args.source} checkpoint {args.path}"
+          + (f" ({args.weights} weights):" if weights else ":"))
+    save_checkpoint(IMPORTERS[args.source](args.path, **weights), args.out)
     print(f"wrote {args.out} (sha256 {file_sha256(args.out)[:12]})")
     return 0

@@ -7,6 +7,7 @@ from readout.backbone import (CheckpointError, ResNetBackbone, build_backbone,
                               read_checkpoint, save_checkpoint, scratch_checkpoint)
 from readout.heads import HEADS, get_head_class
 from readout.model import build_segmentation_model
+from tests.helpers import authors_poodle_decode, authors_poodle_decoder
 
 
 @pytest.fixture(scope="module")
@@ -87,27 +88,13 @@ def test_poodle_decoder_is_kept_for_the_linear_readout():
 
 
 def _authors_decoder(state: dict, feats: list) -> torch.Tensor:
-    """The authors' SDM, written to their definition (agentic-learning-ai-lab/poodle
-    src/models/poodle.py): torchvision Bottlenecks ``decoder_blocks``, 1x1 convs
-    ``decoder_laterals``, forward block -> 2x bilinear -> + lateral."""
-    import torch.nn.functional as F
-    from torchvision.models.resnet import Bottleneck
-    channels = state["blocks.0.conv3.weight"].shape[0]
-    width = state["blocks.0.conv1.weight"].shape[0]
-    blocks = torch.nn.ModuleList(Bottleneck(channels, channels // 4,
-                                            base_width=64 * width * 4 // channels)
-                                 for _ in range(2))
-    laterals = torch.nn.ModuleList(torch.nn.Conv2d(state[f"laterals.{i}.weight"].shape[1],
-                                                   channels, 1) for i in range(2))
-    theirs = {"decoder_" + k: v for k, v in state.items()}  # blocks.* / laterals.*
-    module = torch.nn.ModuleDict({"decoder_blocks": blocks, "decoder_laterals": laterals}).eval()
-    module.load_state_dict(theirs, strict=True)
-    z = feats[-1]
-    for i in range(len(laterals)):
-        z = blocks[i](z)
-        z = F.interpolate(z, scale_factor=2, mode="bilinear", align_corners=False)
-        z = z + laterals[i](feats[-i - 2])
-    return z
+    """The authors' SDM (tests.helpers: written to their definition) with our weights."""
+    width, channels = state["blocks.0.conv1.weight"].shape[:2]
+    laterals = tuple(state[f"laterals.{i}.weight"].shape[1] for i in range(2))
+    module = authors_poodle_decoder(channels=channels, lateral_channels=laterals,
+                                    width=width).eval()
+    module.load_state_dict({"decoder_" + k: v for k, v in state.items()}, strict=True)
+    return authors_poodle_decode(module, feats)
 
 
 def _paper_decoder(dec: SpatialDecoder, feats: dict) -> torch.Tensor:
