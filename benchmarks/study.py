@@ -121,6 +121,21 @@ def source_fingerprint(*objects) -> str:
     return h.hexdigest()[:16]
 
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pretraining_fingerprint(method_class, root: Path = PROJECT_ROOT) -> str:
+    """The method's ``source_fingerprint`` plus every shared file of ``pretrain/`` and
+    ``core/`` (the loop, views, losses, flow, optimizers; not the other methods' files): a
+    change to a method's file reruns that method, a change to shared code every method."""
+    h = hashlib.sha256(source_fingerprint(method_class).encode())
+    for package in ("pretrain", "core"):
+        for f in sorted((root / package).rglob("*.py")):
+            if f.parent.name != "methods":
+                h.update(str(f.relative_to(root)).encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class Run:
     """One pretrained (or bound) checkpoint of the study: method x seed."""
@@ -190,7 +205,8 @@ class Study:
                           "code": source_fingerprint(supervised, readout_train)})
         else:
             key = key_of({"method": method, "config": self.pretrain_config(method),
-                          "world": world, "code": source_fingerprint(self.method_class(method))})
+                          "world": world,
+                          "code": pretraining_fingerprint(self.method_class(method))})
         return self.out / "pretrain" / method / key / f"seed{seed}"
 
     @staticmethod

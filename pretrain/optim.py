@@ -42,9 +42,12 @@ class LARS(torch.optim.Optimizer):
 
 def warmup_cosine(step: int, total: int, *, base: float, warmup: int = 0,
                   final: float = 0.0) -> float:
-    """Linear warmup from 0 over `warmup` steps, then cosine decay to `final` at `total`."""
+    """Linear warmup base k / warmup from 0 over `warmup` steps, then cosine decay to `final`
+    at `total`: BYOL's learning_schedule (google-deepmind/deepmind-research
+    byol/utils/schedules.py) and PooDLe's adjust_learning_rate (src/utils/lr_sched.py), whose
+    first step has learning rate 0."""
     if step < warmup:
-        return base * (step + 1) / warmup
+        return base * step / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return final + (base - final) * 0.5 * (1 + math.cos(math.pi * progress))
 

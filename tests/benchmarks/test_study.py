@@ -84,6 +84,19 @@ def test_source_fingerprint_follows_the_method_module():
     assert byol != source_fingerprint(get_method_class("flowe"))
 
 
+def test_a_change_to_shared_pretraining_code_changes_every_method_key(tmp_path):
+    from benchmarks.study import pretraining_fingerprint
+    for f in ("pretrain/train.py", "pretrain/methods/other.py", "core/runtime.py"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("x = 1\n")
+    byol = get_method_class("byol")
+    before = pretraining_fingerprint(byol, root=tmp_path)
+    (tmp_path / "pretrain/methods/other.py").write_text("x = 2\n")  # another method's file
+    assert pretraining_fingerprint(byol, root=tmp_path) == before
+    (tmp_path / "pretrain/train.py").write_text("x = 2\n")  # the loop
+    assert pretraining_fingerprint(byol, root=tmp_path) != before
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_gpu_study_preset_runs_at_tiny_size_on_cpu(name, tiny_root, tmp_path):
     """The `gpu` preset cannot run here; its configs are checked by one step of each

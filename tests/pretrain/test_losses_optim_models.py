@@ -66,8 +66,9 @@ def test_lars_step_matches_the_formula():
 
 
 def test_warmup_cosine():
-    assert warmup_cosine(0, 100, base=1.0, warmup=10) == pytest.approx(0.1)
-    assert warmup_cosine(9, 100, base=1.0, warmup=10) == pytest.approx(1.0)
+    assert warmup_cosine(0, 100, base=1.0, warmup=10) == 0.0  # BYOL's / PooDLe's k / w
+    assert warmup_cosine(9, 100, base=1.0, warmup=10) == pytest.approx(0.9)
+    assert warmup_cosine(10, 100, base=1.0, warmup=10) == pytest.approx(1.0)
     assert warmup_cosine(55, 100, base=1.0, warmup=10) == pytest.approx(0.5)
     assert warmup_cosine(100, 100, base=1.0, warmup=10) == pytest.approx(0.0)
 
