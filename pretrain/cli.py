@@ -50,8 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=at_least(0), default=0,
                    help="DataLoader processes decoding video")
     p.add_argument("--backend", default="auto", choices=("auto", "pyav", "opencv"))
-    p.add_argument("--sync-bn", action="store_true",
-                   help="synchronise BatchNorm across processes under torchrun")
+    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="synchronise BatchNorm across processes under torchrun (default: as "
+                        "the method's authors do: BYOL, FlowE and PooDLe yes, MoCo v2 no)")
     p.add_argument("--stop-after", type=at_least(1), default=None,
                    help="stop after this many steps (resume later by rerunning)")
     p.add_argument("--no-progress", action="store_true")
@@ -103,7 +104,8 @@ def run(args, on_export=None) -> int:
     pairs = FramePairs(source, dt_frames=data.get("dt_frames"), dt_seconds=data.get("dt_seconds"),
                        repeats=data.get("repeats", 1), seed=args.seed, flow_cache=cache)
     # how the run is executed changes what it computes: a resume must match it too
-    resolved["runtime"] = {"world_size": world, "sync_bn": bool(args.sync_bn and world > 1),
+    sync_bn = method_cls.sync_batchnorm if args.sync_bn is None else args.sync_bn
+    resolved["runtime"] = {"world_size": world, "sync_bn": bool(sync_bn and world > 1),
                            "flow_weights": Path(args.flow_weights).name
                            if args.flow_weights and method_cls.needs_flow else None}
     out = Path(args.out)
@@ -124,7 +126,7 @@ def run(args, on_export=None) -> int:
         f"{world} process(es) on {device}; flow: {resolved.get('flow', '-')}")
     curve = pretrain(method, pairs, PretrainSchedule(**resolved["schedule"]), out_dir=out,
                      device=device, estimator=estimator, config=resolved,
-                     stop_after=args.stop_after, workers=args.workers, sync_bn=args.sync_bn,
+                     stop_after=args.stop_after, workers=args.workers, sync_bn=sync_bn,
                      progress=not args.no_progress, log=log, on_export=on_export)
     if rank == 0:
         (out / "curve.json").write_text(json.dumps(curve))

@@ -7,6 +7,8 @@ What a method declares (class attributes):
 - ``find_unused_parameters``: parameters that may get no gradient in a step (DDP is told).
 - ``local_batchnorm``: sub-modules whose BatchNorm is never synchronised (``--sync-bn``),
   e.g. a key encoder whose batch is defined by shuffle BN (MoCo Sec. 3.3).
+- ``sync_batchnorm``: whether the authors synchronise BatchNorm across processes (the
+  default of ``--sync-bn``).
 
 What a method implements:
 - ``make_views(frames1, frames2, rngs, **flows) -> dict``: everything random about sample
@@ -61,6 +63,7 @@ class Method(nn.Module):
     needs_flow = False
     find_unused_parameters = False
     local_batchnorm: tuple[str, ...] = ()
+    sync_batchnorm = False
 
     def __init__(self, *, arch: str = "resnet50", output_stride: int = 32):
         super().__init__()
@@ -134,6 +137,9 @@ class OnlineTargetMethod(Method):
     projector and whatever a method adds with ``add_target``, moved after every optimizer
     step with tau from ``ema_base`` to 1 on a cosine (Sec. 3.2)."""
     dense = False  # 1x1-conv heads on the feature map instead of pooled MLPs
+    # BYOL: cross-replica BatchNorm (deepmind-research byol/configs/byol.py bn_config
+    # cross_replica_axis); PooDLe and its FlowE: convert_sync_batchnorm (src/train.py)
+    sync_batchnorm = True
 
     def __init__(self, *, hidden: int = 4096, out_dim: int = 256, ema_base: float = 0.996,
                  **kw):
