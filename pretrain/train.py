@@ -189,7 +189,8 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
     rank, world = rank_world()
     threads = limit_threads(threads_per_process())
     if rank == 0:
-        log(f"{threads} CPU thread(s) per process for torch and OpenCV, 1 per loader worker")
+        log(f"{threads} CPU thread(s) per process for torch and OpenCV"
+            + (f", 1 in each of {workers} loader worker(s)" if workers else ""))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:

@@ -60,26 +60,29 @@ def _video_args(p) -> None:
 
 
 def _estimator_kwargs(args) -> dict:
-    if args.estimator.startswith("raft"):
-        from pretrain.flow.estimators import (DEFAULT_RAFT_RELEASE, check_raft_release,
-                                              raft_weights_url)
-        release = args.release or DEFAULT_RAFT_RELEASE
-        try:
-            check_raft_release(args.estimator, release)
-        except ValueError as e:
-            raise UserError(f"--release: {e}") from None
-        if not args.weights:
-            raise UserError(f"{args.estimator} needs --weights PATH: download "
-                            f"{raft_weights_url(args.estimator, release)} on a machine with "
-                            f"internet (nothing is downloaded at run time)")
-        kwargs = {"weights": args.weights, "release": release}
-        if args.iterations:
-            kwargs["iterations"] = args.iterations
-        return kwargs
-    if args.release or args.iterations:
-        raise UserError(f"--release and --iterations are RAFT settings; {args.estimator} "
-                        f"takes none")
-    return {}
+    """The estimator's settings from --release / --iterations, checked by the one
+    definition a config's ``flow`` goes through too (``flow_spec``)."""
+    from pretrain.flow.estimators import DEFAULT_RAFT_RELEASE, flow_spec, raft_weights_url
+    given = {"release": args.release, "iterations": args.iterations}
+    spec = {"estimator": args.estimator, **{k: v for k, v in given.items() if v is not None}}
+    try:
+        flow_spec(spec)
+    except ValueError as e:
+        text = str(e).replace("release and iterations", "--release and --iterations")
+        if text.startswith("iterations:"):
+            text = "--" + text
+        elif " weights release " in text:
+            text = "--release: " + text
+        raise UserError(text) from None
+    if not args.estimator.startswith("raft"):
+        return {}
+    release = args.release or DEFAULT_RAFT_RELEASE
+    if not args.weights:
+        raise UserError(f"{args.estimator} needs --weights PATH: download "
+                        f"{raft_weights_url(args.estimator, release)} on a machine with "
+                        f"internet (nothing is downloaded at run time)")
+    return {"weights": args.weights, "release": release,
+            **({"iterations": args.iterations} if args.iterations else {})}
 
 
 def _source(args):

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.values import Range
+
 from ..registry import registry
 from .geometry import chain
 
@@ -28,6 +30,7 @@ def get_estimator(name: str, **kwargs):
 
 
 FLOW_SPEC_KEYS = ("estimator", "release", "iterations")
+ITERATIONS = Range(1, whole=True)
 
 
 def flow_spec(value) -> dict:
@@ -52,8 +55,8 @@ def flow_spec(value) -> dict:
     if "release" in value:
         check_raft_release(name, value["release"])
     iterations = value.get("iterations", 1)
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations: a whole number >= 1, got {iterations!r}")
+    if iterations not in ITERATIONS:
+        raise ValueError(f"iterations: a whole number {ITERATIONS}, got {iterations!r}")
     return dict(value)
 
 

@@ -21,6 +21,8 @@ horizontal flip; no solarize.
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -58,15 +60,18 @@ class MoCoV2(Method):
 
     @classmethod
     def check_config(cls, model: dict, schedule: dict, where: str) -> None:
-        batch, group = schedule.get("batch_size"), model.get("shuffle_bn_group", 32)
+        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+        batch = schedule.get("batch_size")
+        group = model.get("shuffle_bn_group", defaults["shuffle_bn_group"])
+        queue = model.get("queue_size", defaults["queue_size"])
         if batch is None:
             return
         if batch % group:
             raise ValueError(f"{where}.shuffle_bn_group: {group} does not divide the batch "
                              f"size {batch}; pick a divisor")
-        if model.get("queue_size", 65536) < batch:
-            raise ValueError(f"{where}.queue_size: {model.get('queue_size')} is smaller than "
-                             f"the batch size {batch}; the queue must hold a whole batch")
+        if queue < batch:
+            raise ValueError(f"{where}.queue_size: {queue} is smaller than the batch size "
+                             f"{batch}; the queue must hold a whole batch")
 
     def make_views(self, frames1, frames2, rngs: list[np.random.Generator]) -> dict:
         return crop_views({"1": frames1, "2": frames1}, rngs, self.spec, COLOURS["moco_v2"])
