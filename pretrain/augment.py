@@ -152,3 +152,16 @@ def crop_views(sources: dict[str, torch.Tensor], rngs: list[np.random.Generator]
             v = render_view(src[n], A, spec.size)
             views["view" + key].append(photometric(v, rng, colours[key]))
     return {k: torch.stack(v) for k, v in views.items()}
+
+
+@dataclass(frozen=True)
+class CropViews:
+    """The view maker of image-level methods (BYOL, MoCo): view 1 from frame 1, view 2 from
+    frame 2 (`two_frames`) or from frame 1 again. Plain data, so DataLoader workers run it."""
+    spec: ViewSpec
+    colours: dict[str, ColourSpec]
+    two_frames: bool = False
+
+    def __call__(self, frames1, frames2, rngs: list[np.random.Generator]) -> dict:
+        sources = {"1": frames1, "2": frames2 if self.two_frames else frames1}
+        return crop_views(sources, rngs, self.spec, self.colours)

@@ -80,16 +80,30 @@ def _step_seed(*key: int) -> int:
     return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
 
 
+def sample_rngs(seed: int, step: int, samples) -> list[np.random.Generator]:
+    """One generator per global sample index: a pair's views depend on (seed, step, sample)
+    only, not on the process or the loader worker that makes them."""
+    return [np.random.default_rng([seed, step, 2, j]) for j in samples]
+
+
 class StepBatches(torch.utils.data.Dataset):
     """Item k = this rank's share of step k's batch: frames [n, 3, H, W] floats in [0, 1]
     of both frames, their video paths and frame indices (and flows with a flow cache).
-    Indexed by step, so DataLoader workers decode ahead without changing what is drawn."""
+    Indexed by step, so DataLoader workers decode ahead without changing what is drawn.
 
-    def __init__(self, pairs, schedule: PretrainSchedule, rank: int = 0, world: int = 1):
+    With a `view_maker` (the method's, plain data) the item holds the views instead of the
+    frames, made here, i.e. in the loader workers, whenever the flow they need is at hand:
+    none needed, a flow cache, or `flow`, an estimator that runs on the CPU (the synthetic
+    world's exact flow, DIS, Farneback). Otherwise (RAFT on the device) the loop estimates
+    the flow and makes the views."""
+
+    def __init__(self, pairs, schedule: PretrainSchedule, rank: int = 0, world: int = 1, *,
+                 view_maker=None, needs_flow: bool = False, flow=None):
         if schedule.batch_size % world:
             raise ValueError(f"batch_size {schedule.batch_size} is not divisible by the "
                              f"{world} processes")
         self.pairs, self.s, self.rank, self.world = pairs, schedule, rank, world
+        self.view_maker, self.needs_flow, self.flow = view_maker, needs_flow, flow
 
     def __len__(self) -> int:
         return self.s.steps
@@ -115,6 +129,17 @@ class StepBatches(torch.utils.data.Dataset):
         if "flow_fwd" in pick[0][0]:
             out["flow_fwd"] = torch.stack([it["flow_fwd"][r] for it, r in pick])
             out["flow_bwd"] = torch.stack([it["flow_bwd"][r] for it, r in pick])
+        if self.view_maker is None:
+            return out
+        flows = {}
+        if self.needs_flow:
+            if "flow_fwd" not in out and self.flow is None:
+                return out  # the loop estimates the flow on the device
+            flows = dict(zip(("flow_fwd", "flow_bwd"), _flows(out, self.flow)))
+            for key in flows:
+                out.pop(key, None)
+        out["views"] = self.view_maker(out.pop("frames1"), out.pop("frames2"),
+                                       sample_rngs(s.seed, step, out["samples"]), **flows)
         return out
 
 
@@ -218,8 +243,11 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
             method, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=method.find_unused_parameters)
     end = schedule.steps if stop_after is None else min(stop_after, schedule.steps)
+    on_cpu = estimator if getattr(estimator, "on_cpu", False) else None
+    batches = StepBatches(pairs, schedule, rank, world, view_maker=method.view_maker,
+                          needs_flow=method.needs_flow, flow=on_cpu)
     loader = torch.utils.data.DataLoader(
-        StepBatches(pairs, schedule, rank, world), batch_size=None, num_workers=workers,
+        batches, batch_size=None, num_workers=workers,
         sampler=range(start, end), persistent_workers=False, worker_init_fn=one_thread_worker,
         multiprocessing_context="spawn" if workers else None)
     bar = tqdm(total=end - start, desc=f"pretrain {method.name}",
@@ -230,14 +258,17 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
         lr = warmup_cosine(step, schedule.steps, base=schedule.lr, warmup=schedule.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        rngs = [np.random.default_rng([schedule.seed, step, 2, j]) for j in batch["samples"]]
         torch.manual_seed(_step_seed(schedule.seed, step, rank))
         ctx = StepContext(step=step, total=schedule.steps, seed=schedule.seed)
         method.before_step(ctx)
-        flows = {}
-        if method.needs_flow:
-            flows["flow_fwd"], flows["flow_bwd"] = _flows(batch, estimator)
-        views = method.make_views(batch["frames1"], batch["frames2"], rngs, **flows)
+        views = batch.get("views")
+        if views is None:  # the flow is estimated here (RAFT on the device)
+            flows = {}
+            if method.needs_flow:
+                flows["flow_fwd"], flows["flow_bwd"] = _flows(batch, estimator)
+            views = method.make_views(batch["frames1"], batch["frames2"],
+                                      sample_rngs(schedule.seed, step, batch["samples"]),
+                                      **flows)
         views = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
                  for k, v in views.items()}
         with autocast(device):

@@ -67,6 +67,7 @@ def to_gray_uint8(images: torch.Tensor) -> list[np.ndarray]:
 
 class OpenCVFlow:
     """Base of the per-image OpenCV estimators (threads inside OpenCV, not over images)."""
+    on_cpu = True  # runs in DataLoader workers (pretrain.train.StepBatches)
 
     def _one(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -207,6 +208,7 @@ class GroundTruthFlow:
     """The synthetic world's exact flow (``bdd100k/flow_gt/<split>/<video>.npz``, consecutive
     frames, chained for larger steps). Called with ``videos`` (video file paths under
     ``bdd100k/videos/<split>/``), ``frames1`` and ``frames2`` (frame indices) per item."""
+    on_cpu = True
 
     def __init__(self, *, cache_size: int = 8):
         self._cache: dict[str, dict] = {}  # video -> flows as stored (int16, 1/32 px)

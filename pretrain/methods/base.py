@@ -84,8 +84,9 @@ class Method(nn.Module):
                    rngs: list[np.random.Generator], **flows) -> dict:
         """frames float [N, 3, H, W] in [0, 1], one generator per pair -> {"view1", ...}.
         Everything random about pair n comes from rngs[n], so a pair's views do not depend
-        on which process or batch it lands in."""
-        raise NotImplementedError
+        on which process or batch it lands in. Runs ``self.view_maker``: plain data (no
+        weights) set by the constructor, which the loop hands to its DataLoader workers."""
+        return self.view_maker(frames1, frames2, rngs, **flows)
 
     def losses(self, views: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError

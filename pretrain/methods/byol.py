@@ -4,10 +4,9 @@ frames used as images: both views from one frame), ``byol_crop`` (smaller crops)
 features (BYOL Eq. 2)."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from ..augment import COLOURS, ViewSpec, crop_views
+from ..augment import COLOURS, CropViews, ViewSpec
 from ..losses import byol_loss
 from .base import OnlineTargetMethod, register_method
 
@@ -19,11 +18,8 @@ class BYOL(OnlineTargetMethod):
 
     def __init__(self, *, view_size=(224, 224), **kw):
         super().__init__(**kw)
-        self.spec = ViewSpec(size=tuple(view_size), area=self.area)
-
-    def make_views(self, frames1, frames2, rngs: list[np.random.Generator]) -> dict:
-        sources = {"1": frames1, "2": frames2 if self.two_frames else frames1}
-        return crop_views(sources, rngs, self.spec, COLOURS["byol"])
+        self.view_maker = CropViews(ViewSpec(size=tuple(view_size), area=self.area),
+                                    COLOURS["byol"], two_frames=self.two_frames)
 
     def _online(self, x):
         """Pooled res5 embedding h, projection z and prediction q(z) of the online network."""

@@ -12,10 +12,12 @@ the resized frame's pixels).
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from typing import Callable
 
 import torch.nn.functional as F
 
-from ..augment import COLOURS, ViewSpec
+from ..augment import COLOURS, ColourSpec, ViewSpec
 from ..correspondence import paired_views, pixel_scale, resized_frame_box, view_correspondence
 from ..losses import dense_equivariance_loss
 from .base import OnlineTargetMethod, register_method
@@ -24,6 +26,25 @@ from .base import OnlineTargetMethod, register_method
 def upsampled(x, size):
     """Algorithm 1: features are bilinearly upsampled to the view grid before warping."""
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+@dataclass(frozen=True)
+class FlowEViews:
+    """FlowE's view maker (plain data, so DataLoader workers run it): paired views with one
+    crop box (`box`), each frame's colour changes, an affine per view, and the view flow 1 ->
+    2 with where it holds (occlusion thresholds `alpha` in the resized frame's pixels)."""
+    spec: ViewSpec
+    box: Callable
+    colours: dict[str, ColourSpec]
+    alpha: tuple[float, float]
+
+    def __call__(self, frames1, frames2, rngs, *, flow_fwd, flow_bwd) -> dict:
+        views = paired_views(frames1, frames2, rngs, self.spec, self.box, self.colours)
+        del views["pre1"], views["pre2"]  # PooDLe's subcrops use them, FlowE does not
+        views["flow"], views["valid"] = view_correspondence(
+            flow_fwd, flow_bwd, views["A1"], views["A2"], self.spec.size, self.alpha,
+            scale=pixel_scale(views["C"]))
+        return views
 
 
 @register_method("flowe")
@@ -36,20 +57,12 @@ class FlowE(OnlineTargetMethod):
                  flip: bool = False, alpha=(0.01, 0.5), colour: str = "simclr",
                  output_stride: int = 8, **kw):
         super().__init__(output_stride=output_stride, **kw)
-        self.spec = ViewSpec(size=tuple(view_size), scale=tuple(affine_scale),
-                             rotation=rotation, flip=bool(flip))
-        self.box = functools.partial(resized_frame_box, size=self.spec.size,
-                                     initial_size=tuple(initial_size),
-                                     initial_scale=tuple(initial_scale))
-        self.colours, self.alpha = COLOURS[colour], tuple(alpha)
-
-    def make_views(self, frames1, frames2, rngs, *, flow_fwd=None, flow_bwd=None) -> dict:
-        views = paired_views(frames1, frames2, rngs, self.spec, self.box, self.colours)
-        del views["pre1"], views["pre2"]  # PooDLe's subcrops use them, FlowE does not
-        views["flow"], views["valid"] = view_correspondence(
-            flow_fwd, flow_bwd, views["A1"], views["A2"], self.spec.size, self.alpha,
-            scale=pixel_scale(views["C"]))
-        return views
+        spec = ViewSpec(size=tuple(view_size), scale=tuple(affine_scale), rotation=rotation,
+                        flip=bool(flip))
+        box = functools.partial(resized_frame_box, size=spec.size,
+                                initial_size=tuple(initial_size),
+                                initial_scale=tuple(initial_scale))
+        self.view_maker = FlowEViews(spec, box, COLOURS[colour], tuple(alpha))
 
     def losses(self, views: dict):
         v1, v2 = views["view1"], views["view2"]

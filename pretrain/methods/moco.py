@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import inspect
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from core.runtime import rank_world
 
-from ..augment import COLOURS, ViewSpec, crop_views
+from ..augment import COLOURS, CropViews, ViewSpec
 from ..distributed import gather_from_ranks
 from ..losses import infonce_loss
 from ..optim import ema_update
@@ -46,7 +45,8 @@ class MoCoV2(Method):
                  out_dim: int = 128, queue_size: int = 65536, momentum: float = 0.999,
                  temperature: float = 0.2, shuffle_bn_group: int = 32, **kw):
         super().__init__(**kw)
-        self.spec = ViewSpec(size=tuple(view_size), area=tuple(crop_area))
+        self.view_maker = CropViews(ViewSpec(size=tuple(view_size), area=tuple(crop_area)),
+                                    COLOURS["moco_v2"])
         self.momentum, self.temperature = momentum, temperature
         self.group = int(shuffle_bn_group)
         self.head = nn.Sequential(nn.Linear(self.encoder.channels["res5"], hidden),
@@ -72,9 +72,6 @@ class MoCoV2(Method):
         if queue < batch:
             raise ValueError(f"{where}.queue_size: {queue} is smaller than the batch size "
                              f"{batch}; the queue must hold a whole batch")
-
-    def make_views(self, frames1, frames2, rngs: list[np.random.Generator]) -> dict:
-        return crop_views({"1": frames1, "2": frames1}, rngs, self.spec, COLOURS["moco_v2"])
 
     def before_step(self, ctx: StepContext) -> None:
         self._ctx = ctx

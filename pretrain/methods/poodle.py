@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 from core.decoders import SpatialDecoder
 
-from ..augment import COLOURS, ViewSpec, crop_matrix, render_view
+from ..augment import COLOURS, ColourSpec, ViewSpec, crop_matrix, render_view
 from ..correspondence import (area_box, paired_views, pixel_scale, resized_frame_box,
                               view_correspondence)
 from ..flow.geometry import sample_at
@@ -123,6 +125,51 @@ def subcrop_boxes(image_hw: tuple[int, int], C: torch.Tensor, flow: torch.Tensor
     return out
 
 
+@dataclass(frozen=True)
+class PooDLeViews:
+    """PooDLe's view maker (plain data, so DataLoader workers run it): paired views, the view
+    flow in both directions with where it holds, and both directions' subcrop pairs."""
+    spec: ViewSpec
+    box: Callable
+    colours: dict[str, ColourSpec]
+    alpha: tuple[float, float]
+    k: int
+    subcrop_area: tuple[float, float]
+    subcrop_ratio: tuple[float, float]
+    subcrop_size: tuple[int, int]
+    jitter: float
+
+    def _subcrops(self, views: dict, flows: dict, rngs) -> dict:
+        """Both directions' K subcrop pairs: {"sub_online", "sub_target": [N, 2K, 3, s, s]}."""
+        out = {"sub_online": [], "sub_target": []}
+        size = self.subcrop_size
+        for n, rng in enumerate(rngs):
+            online, target = [], []
+            for a, b in (("1", "2"), ("2", "1")):
+                pairs = subcrop_boxes(self.spec.size, views["C"][n], flows[a + b][n], k=self.k,
+                                      area=self.subcrop_area, ratio=self.subcrop_ratio,
+                                      jitter=self.jitter, rng=rng)
+                for box_a, box_b, paired in pairs:
+                    online.append(render_view(views["pre" + a][n],
+                                              crop_matrix(box_a, size).float(), size))
+                    target.append(render_view(views["pre" + (b if paired else a)][n],
+                                              crop_matrix(box_b, size).float(), size))
+            out["sub_online"].append(torch.stack(online))
+            out["sub_target"].append(torch.stack(target))
+        return {k: torch.stack(v) for k, v in out.items()}
+
+    def __call__(self, frames1, frames2, rngs, *, flow_fwd, flow_bwd) -> dict:
+        views = paired_views(frames1, frames2, rngs, self.spec, self.box, self.colours)
+        size, scale = self.spec.size, pixel_scale(views["C"])
+        views["flow12"], views["valid12"] = view_correspondence(
+            flow_fwd, flow_bwd, views["A1"], views["A2"], size, self.alpha, scale=scale)
+        views["flow21"], views["valid21"] = view_correspondence(
+            flow_bwd, flow_fwd, views["A2"], views["A1"], size, self.alpha, scale=scale)
+        views.update(self._subcrops(views, {"12": flow_fwd, "21": flow_bwd}, rngs))
+        del views["pre1"], views["pre2"]
+        return views
+
+
 @register_method("poodle")
 class PooDLe(OnlineTargetMethod):
     dense = True
@@ -137,18 +184,17 @@ class PooDLe(OnlineTargetMethod):
                  pooled_weight: float = 0.5, decoder_reduction: int = 8,
                  decoder_order: str = "authors", hidden: int = 4096, out_dim: int = 256, **kw):
         super().__init__(hidden=hidden, out_dim=out_dim, **kw)
-        self.spec = ViewSpec(size=tuple(view_size), scale=tuple(affine_scale),
-                             rotation=rotation, flip=bool(flip))
+        spec = ViewSpec(size=tuple(view_size), scale=tuple(affine_scale), rotation=rotation,
+                        flip=bool(flip))
         if crop_geometry == "authors":
-            self.box = functools.partial(resized_frame_box, size=self.spec.size,
-                                         initial_size=tuple(initial_size),
-                                         initial_scale=tuple(initial_scale))
+            box = functools.partial(resized_frame_box, size=spec.size,
+                                    initial_size=tuple(initial_size),
+                                    initial_scale=tuple(initial_scale))
         else:
-            self.box = functools.partial(area_box, size=self.spec.size, area=tuple(crop_area))
-        self.colours, self.alpha = COLOURS[colour], tuple(alpha)
-        self.k, self.jitter = int(subcrops), jitter
-        self.subcrop_area, self.subcrop_ratio = tuple(subcrop_area), tuple(subcrop_ratio)
-        self.subcrop_size = tuple(subcrop_size)
+            box = functools.partial(area_box, size=spec.size, area=tuple(crop_area))
+        self.view_maker = PooDLeViews(spec, box, COLOURS[colour], tuple(alpha), int(subcrops),
+                                      tuple(subcrop_area), tuple(subcrop_ratio),
+                                      tuple(subcrop_size), jitter)
         self.weights = (dense_weight, pooled_weight)
         self.decoder = SpatialDecoder.for_trunk(self.encoder.output_shape(),
                                                 reduction=decoder_reduction,
@@ -158,38 +204,6 @@ class PooDLe(OnlineTargetMethod):
         self.pool_predictor = mlp(out_dim, hidden, out_dim)
         self.add_target("decoder")
         self.add_target("pool_projector")
-
-    def _subcrops(self, views: dict, flows: dict, rngs) -> dict:
-        """Both directions' K subcrop pairs: {"sub_online", "sub_target": [N, 2K, 3, s, s]}."""
-        size = self.spec.size
-        out = {"sub_online": [], "sub_target": []}
-        for n, rng in enumerate(rngs):
-            online, target = [], []
-            for a, b in (("1", "2"), ("2", "1")):
-                pairs = subcrop_boxes(size, views["C"][n], flows[a + b][n], k=self.k,
-                                      area=self.subcrop_area, ratio=self.subcrop_ratio,
-                                      jitter=self.jitter, rng=rng)
-                for box_a, box_b, paired in pairs:
-                    online.append(render_view(views["pre" + a][n],
-                                              crop_matrix(box_a, self.subcrop_size).float(),
-                                              self.subcrop_size))
-                    target.append(render_view(views["pre" + (b if paired else a)][n],
-                                              crop_matrix(box_b, self.subcrop_size).float(),
-                                              self.subcrop_size))
-            out["sub_online"].append(torch.stack(online))
-            out["sub_target"].append(torch.stack(target))
-        return {k: torch.stack(v) for k, v in out.items()}
-
-    def make_views(self, frames1, frames2, rngs, *, flow_fwd=None, flow_bwd=None) -> dict:
-        views = paired_views(frames1, frames2, rngs, self.spec, self.box, self.colours)
-        size, scale = self.spec.size, pixel_scale(views["C"])
-        views["flow12"], views["valid12"] = view_correspondence(
-            flow_fwd, flow_bwd, views["A1"], views["A2"], size, self.alpha, scale=scale)
-        views["flow21"], views["valid21"] = view_correspondence(
-            flow_bwd, flow_fwd, views["A2"], views["A1"], size, self.alpha, scale=scale)
-        views.update(self._subcrops(views, {"12": flow_fwd, "21": flow_bwd}, rngs))
-        del views["pre1"], views["pre2"]
-        return views
 
     def _pooled(self, x, online: bool):
         if online:

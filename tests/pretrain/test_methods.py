@@ -117,3 +117,24 @@ def test_flowe_needs_flow(tiny_root, tmp_path):
                  progress=False, log=lambda *_: None)
     with pytest.raises(KeyError, match="byol_video"):
         get_method_class("simclr")
+
+
+@pytest.mark.parametrize("name", ["poodle", "flowe"])
+def test_views_made_in_a_loader_worker_equal_those_of_the_loop(name, tiny_root):
+    """The method's view maker is plain data: a spawned loader worker makes (with the world's
+    exact flow) the same views the loop makes from the frames and flow it is handed."""
+    from pretrain.train import StepBatches, _flows, sample_rngs
+    method, flow = _method(name), get_estimator("gt")
+    with_views = StepBatches(_pairs(tiny_root), SCHEDULE, view_maker=method.view_maker,
+                             needs_flow=True, flow=flow)
+    loader = torch.utils.data.DataLoader(with_views, batch_size=None, num_workers=1,
+                                         sampler=[1], multiprocessing_context="spawn")
+    (from_worker,) = list(loader)
+    batch = StepBatches(_pairs(tiny_root), SCHEDULE)[1]
+    fwd, bwd = _flows(batch, flow)
+    in_loop = method.make_views(batch["frames1"], batch["frames2"],
+                                sample_rngs(SCHEDULE.seed, 1, batch["samples"]),
+                                flow_fwd=fwd, flow_bwd=bwd)
+    views = from_worker["views"]
+    assert "frames1" not in from_worker and set(views) == set(in_loop)
+    assert all(torch.equal(views[k], in_loop[k]) for k in in_loop)

@@ -60,11 +60,12 @@ def test_the_occlusion_test_is_measured_in_the_scaled_pixels():
 def test_flow_equivariance_methods_use_simclr_colour_on_both_views(method):
     model = {**load_preset(method, "paper")["model"], "arch": "resnet18", "hidden": 8}
     m = get_method_class(method)(**model)
-    assert m.colours == COLOURS["simclr"] and m.colours["1"] == m.colours["2"]
+    colours = m.view_maker.colours
+    assert colours == COLOURS["simclr"] and colours["1"] == colours["2"]
     spec = COLOURS["simclr"]["1"]
     assert (spec.jitter, spec.jitter_p, spec.gray_p, spec.blur_p, spec.blur_kernel,
             spec.solarize_p) == ((0.8, 0.8, 0.8, 0.2), 0.8, 0.2, 0.5, 0.1, 0.0)
-    assert m.spec.flip is (method == "poodle")  # PooDLe's code flips its global views
+    assert m.view_maker.spec.flip is (method == "poodle")  # PooDLe's code flips its global views
 
 
 def test_byol_keeps_its_asymmetric_colour():
