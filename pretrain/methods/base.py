@@ -11,8 +11,9 @@ What a method declares (class attributes):
   default of ``--sync-bn``).
 
 What a method implements:
-- ``make_views(frames1, frames2, rngs, **flows) -> dict``: everything random about sample
-  n comes from ``rngs[n]``;
+- ``self.view_maker``, set by the constructor: plain data (no weights, picklable) called as
+  ``(frames1, frames2, rngs, **flows) -> views``, everything random about sample n from
+  ``rngs[n]``; DataLoader workers run it (``make_views`` is the loop's call of it);
 - ``losses(views) -> {name: scalar}``: loss terms, and only loss terms; the loop sums them.
 
 What a method may hook (defaults do nothing):
