@@ -121,7 +121,7 @@ def build_segmentation_model(checkpoint: dict, head: str, num_classes: int, *,
             p.requires_grad_(finetune)
         shapes["sdm"] = decoder.output_shape(shapes)
         kwargs["in_feature"] = "sdm"
-        log(f"keeping the checkpoint's spatial decoder ({decoder.order}'s order) for this "
+        log(f"keeping the checkpoint's spatial decoder (order: {decoder.order}) for this "
             f"readout (PooDLe Sec. 4.1)")
     head_module = head_cls(input_shape=shapes, num_classes=num_classes, **kwargs,
                            **(head_kwargs or {}))
