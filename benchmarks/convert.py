@@ -132,10 +132,7 @@ class _PlainUnpickler(pickle.Unpickler):
     """Plain containers, numbers, strings and numpy arrays only: any other global (a class
     or function a pickle could call) is refused before it is called."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"),
-               ("numpy", "dtype"), ("_codecs", "encode"),
-               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
+    ALLOWED = safe_unpickle.NUMPY_GLOBALS
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:

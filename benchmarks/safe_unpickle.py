@@ -16,15 +16,19 @@ from __future__ import annotations
 import functools
 import pickle
 
-ALLOWED = frozenset({
-    ("collections", "OrderedDict"),
-    ("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_parameter_with_state"),
+# what rebuilds numpy arrays and scalars (and bytes in protocol-2 pickles): also the whole
+# allow-list of benchmarks.convert's plain-data unpickler
+NUMPY_GLOBALS = frozenset({
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("_codecs", "encode"),  # bytes in protocol-2 pickles
+    ("_codecs", "encode"),
 })
+ALLOWED = NUMPY_GLOBALS | {
+    ("collections", "OrderedDict"),
+    ("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_parameter_with_state"),
+}
 
 
 class Stub:

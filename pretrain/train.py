@@ -243,9 +243,9 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
             method, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=method.find_unused_parameters)
     end = schedule.steps if stop_after is None else min(stop_after, schedule.steps)
-    on_cpu = estimator if getattr(estimator, "on_cpu", False) else None
+    cpu_flow = estimator if getattr(estimator, "on_cpu", False) else None
     batches = StepBatches(pairs, schedule, rank, world, view_maker=method.view_maker,
-                          needs_flow=method.needs_flow, flow=on_cpu)
+                          needs_flow=method.needs_flow, flow=cpu_flow)
     loader = torch.utils.data.DataLoader(
         batches, batch_size=None, num_workers=workers,
         sampler=range(start, end), persistent_workers=False, worker_init_fn=one_thread_worker,

@@ -84,7 +84,7 @@ def test_simclr_blur_kernel_is_a_tenth_of_the_side_rounded_up_to_odd(monkeypatch
     assert seen == [[11, 7]]  # [x, y]: round_up_odd(9.6) = 11, round_up_odd(4.8) = 7
 
 
-def test_pre_affine_images_are_coloured_then_transformed(tiny_world):
+def test_pre_affine_images_are_coloured_then_transformed():
     """The global view is the coloured pre-affine image under the view's affine: with no
     affine and no flip the two are equal."""
     from pretrain.augment import ViewSpec
