@@ -162,6 +162,7 @@ class CropViews:
     colours: dict[str, ColourSpec]
     two_frames: bool = False
 
-    def __call__(self, frames1, frames2, rngs: list[np.random.Generator]) -> dict:
-        sources = {"1": frames1, "2": frames2 if self.two_frames else frames1}
+    def __call__(self, frames, rngs: list[np.random.Generator]) -> dict:
+        """frames [N, 2, 3, H, W] (pairs)."""
+        sources = {"1": frames[:, 0], "2": frames[:, 1] if self.two_frames else frames[:, 0]}
         return crop_views(sources, rngs, self.spec, self.colours)

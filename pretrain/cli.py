@@ -82,7 +82,7 @@ def run(args, on_export=None) -> int:
     import yaml
 
     from .config import apply_overrides, differing_keys, load_preset, resolve
-    from .data.pairs import FramePairs
+    from .data.samples import make_samples
     from .data.video import VideoSource
     from core.runtime import rank_world, start_process_group
     from .methods import get_method_class
@@ -101,8 +101,7 @@ def run(args, on_export=None) -> int:
     if method_cls.needs_flow:
         estimator, cache = _flow(resolved["flow"], args.flow_weights)
     data = resolved["data"]
-    pairs = FramePairs(source, dt_frames=data.get("dt_frames"), dt_seconds=data.get("dt_seconds"),
-                       repeats=data.get("repeats", 1), seed=args.seed, flow_cache=cache)
+    samples = make_samples(method_cls.samples, source, data, seed=args.seed, flow_cache=cache)
     # how the run is executed changes what it computes: a resume must match it too
     sync_bn = method_cls.sync_batchnorm if args.sync_bn is None else args.sync_bn
     resolved["runtime"] = {"world_size": world, "sync_bn": bool(sync_bn and world > 1),
@@ -121,10 +120,11 @@ def run(args, on_export=None) -> int:
     torch.manual_seed(args.seed)
     method = method_cls(**resolved["model"])
     log = print if rank == 0 else (lambda *_: None)
+    steps, batch = resolved["schedule"]["steps"], resolved["schedule"]["batch_size"]
     log(f"pretraining {args.method} ({args.preset}) on {len(source)} videos, "
-        f"{resolved['schedule']['steps']} steps x {resolved['schedule']['batch_size']} pairs, "
-        f"{world} process(es) on {device}; flow: {resolved.get('flow', '-')}")
-    curve = pretrain(method, pairs, PretrainSchedule(**resolved["schedule"]), out_dir=out,
+        f"{steps} steps x {batch} {method_cls.samples}, {world} process(es) on {device}; "
+        f"flow: {resolved.get('flow', '-')}")
+    curve = pretrain(method, samples, PretrainSchedule(**resolved["schedule"]), out_dir=out,
                      device=device, estimator=estimator, config=resolved,
                      stop_after=args.stop_after, workers=args.workers, sync_bn=sync_bn,
                      progress=not args.no_progress, log=log, on_export=on_export)

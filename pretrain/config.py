@@ -15,6 +15,7 @@ from core.decoders import DECODER_ORDERS
 from core.values import Range, is_number, is_whole, parse_value
 
 from .augment import COLOURS
+from .data.samples import SAMPLE_KEYS
 from .flow.estimators import flow_spec
 from .methods import METHODS, get_method_class
 from .methods.poodle import CROP_GEOMETRIES
@@ -22,7 +23,11 @@ from .train import OPTIMIZERS, PretrainSchedule
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 SECTIONS = {"cited", "model", "data", "flow", "schedule"}
-DATA_KEYS = {"dt_frames", "dt_seconds", "repeats"}
+
+def data_keys(method: str) -> set[str]:
+    """The data section's keys for the method's sample kind (pairs or clips)."""
+    return {*SAMPLE_KEYS[get_method_class(method).samples], "repeats"}
+
 SCHEDULE_KEYS = {f.name for f in dataclasses.fields(PretrainSchedule)} | {"epochs",
                                                                           "warmup_epochs"}
 
@@ -45,6 +50,8 @@ SCHEDULE_RANGES = {
     "export_every": Range(0, whole=True, note="(0: off)"), "seed": WHOLE_AT_LEAST_0,
     "epochs": Range(0, open_low=True), "warmup_epochs": Range(0),
 }
+DATA_RANGES = {"repeats": WHOLE_AT_LEAST_1, "clip_frames": WHOLE_AT_LEAST_1,
+               "clip_fps": Range(0, open_low=True)}
 # model values with bounds of their own (others: by the type of the constructor's default)
 MODEL_RANGES = {"ema_base": Range(0, 1), "momentum": Range(0, 1),
                 "temperature": Range(0, open_low=True)}
@@ -129,7 +136,7 @@ def validate_preset(method: str, preset: dict, where: str) -> None:
         if not isinstance(preset.get(section), dict):
             raise ConfigError(f"{where}: section {section!r} is missing or not a mapping")
     _check(preset["model"], model_keys(method), f"{where}.model")
-    _check(preset["data"], DATA_KEYS, f"{where}.data")
+    _check(preset["data"], data_keys(method), f"{where}.data")
     _check(preset["schedule"], SCHEDULE_KEYS, f"{where}.schedule")
     s = preset["schedule"]
     for key, value in s.items():
@@ -143,8 +150,12 @@ def validate_preset(method: str, preset: dict, where: str) -> None:
         _check_span(f"{where}.data.dt_frames", d["dt_frames"], "int")
     if "dt_seconds" in d:
         _check_span(f"{where}.data.dt_seconds", d["dt_seconds"], "num")
-    if "repeats" in d:
-        _check_value(f"{where}.data.repeats", d["repeats"], WHOLE_AT_LEAST_1)
+    for key, value in d.items():
+        if key in DATA_RANGES:
+            _check_value(f"{where}.data.{key}", value, DATA_RANGES[key])
+    missing = [k for k in ("clip_frames", "clip_fps") if k in data_keys(method) and k not in d]
+    if missing:
+        raise ConfigError(f"{where}.data: {method} samples clips: set {', '.join(missing)}")
     _check_model_values(method, preset["model"], f"{where}.model")
     if ("steps" in s) == ("epochs" in s):
         raise ConfigError(f"{where}.schedule: give exactly one of steps and epochs")
@@ -209,11 +220,11 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
 
 def resolve(method: str, config: dict, *, num_videos: int, seed: int) -> dict:
     """Validated config with the schedule in steps (an epoch = every video visited once,
-    each visit giving `repeats` pairs: PooDLe App. A repeated sampling)."""
+    each visit giving `repeats` samples: PooDLe App. A repeated sampling)."""
     validate_preset(method, config, f"{method} config")
     s = dict(config["schedule"])
-    pairs_per_epoch = num_videos * config["data"].get("repeats", 1)
-    steps_per_epoch = pairs_per_epoch / s["batch_size"]
+    samples_per_epoch = num_videos * config["data"].get("repeats", 1)
+    steps_per_epoch = samples_per_epoch / s["batch_size"]
     if "epochs" in s:
         s["steps"] = max(1, math.ceil(s.pop("epochs") * steps_per_epoch))
     if "warmup_epochs" in s:

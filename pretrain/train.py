@@ -8,7 +8,7 @@ pairs/s, periodic and final backbone export in the
 ``flowssl-backbone/1`` contract, and the run's health in the curve (each loss term, gradient
 norm, projection std, RankMe, mask fraction; ``pretrain.health``) with a collapse warning.
 
-Step k's global batch (which videos, which frame pairs, every view's randomness) is a pure
+Step k's global batch (which videos, which frames, every view's randomness) is a pure
 function of (seed, k, sample index): a resumed run repeats an uninterrupted one exactly
 (CPU), and N processes each taking 1/N of the batch see the same samples as one process.
 """
@@ -40,7 +40,7 @@ BACKBONE_NAME = "backbone.pth"
 @dataclass(frozen=True)
 class PretrainSchedule:
     steps: int
-    batch_size: int  # frame pairs per step, over all processes
+    batch_size: int  # samples (frame pairs, clips) per step, over all processes
     optimizer: str  # "lars", "sgd" or "adamw"
     lr: float
     weight_decay: float
@@ -87,48 +87,48 @@ def sample_rngs(seed: int, step: int, samples) -> list[np.random.Generator]:
 
 
 class StepBatches(torch.utils.data.Dataset):
-    """Item k = this rank's share of step k's batch: frames [n, 3, H, W] floats in [0, 1]
-    of both frames, their video paths and frame indices (and flows with a flow cache).
-    Indexed by step, so DataLoader workers decode ahead without changing what is drawn.
+    """Item k = this rank's share of step k's batch: frames [n, K, 3, H, W] floats in [0, 1]
+    (K frames per sample: 2 for pairs, ``clip_frames`` for clips), their video paths and
+    frame indices, and with a flow cache the flows between consecutive frames
+    [n, K-1, 2, H, W]. Indexed by step, so DataLoader workers decode ahead without changing
+    what is drawn.
 
     With a `view_maker` (the method's, plain data) the item holds the views instead of the
     frames, made here, i.e. in the loader workers, whenever the flow they need is at hand:
     none needed, a flow cache, or `flow`, an estimator that runs on the CPU (the synthetic
     world's exact flow, DIS, Farneback). Otherwise (RAFT on the device) the loop estimates
-    the flow and makes the views."""
+    the flow for the whole batch and makes the views."""
 
-    def __init__(self, pairs, schedule: PretrainSchedule, rank: int = 0, world: int = 1, *,
+    def __init__(self, samples, schedule: PretrainSchedule, rank: int = 0, world: int = 1, *,
                  view_maker=None, needs_flow: bool = False, flow=None):
         if schedule.batch_size % world:
             raise ValueError(f"batch_size {schedule.batch_size} is not divisible by the "
                              f"{world} processes")
-        self.pairs, self.s, self.rank, self.world = pairs, schedule, rank, world
+        self.data, self.s, self.rank, self.world = samples, schedule, rank, world
         self.view_maker, self.needs_flow, self.flow = view_maker, needs_flow, flow
 
     def __len__(self) -> int:
         return self.s.steps
 
     def __getitem__(self, step: int) -> dict:
-        s, per_item = self.s, self.pairs.repeats
+        s, per_item = self.s, self.data.repeats
         local = s.batch_size // self.world
         first = self.rank * local
         samples = range(first, first + local)  # global sample indices of this rank
         videos = np.random.default_rng([s.seed, step, 1]).integers(
-            len(self.pairs), size=math.ceil(s.batch_size / per_item))
-        self.pairs.set_epoch(step)  # a video's pairs differ from step to step
+            len(self.data), size=math.ceil(s.batch_size / per_item))
+        self.data.set_epoch(step)  # a video's samples differ from step to step
         needed = sorted({j // per_item for j in samples})
-        items = {i: self.pairs[int(videos[i])] for i in needed}
+        items = {i: self.data[int(videos[i])] for i in needed}
         pick = [(items[j // per_item], j % per_item) for j in samples]
         frames = torch.stack([it["frames"][r] for it, r in pick]).permute(0, 1, 4, 2, 3)
-        frames = frames.float() / 255  # [n, 2, 3, H, W]
-        out = {"frames1": frames[:, 0], "frames2": frames[:, 1], "samples": list(samples),
+        out = {"frames": frames.float() / 255, "samples": list(samples),
                "skipped": [path for i in needed for path in items[i]["skipped"]],
                "videos": [it["path"] for it, _ in pick],
-               "frames_index1": [int(it["frame_index"][r, 0]) for it, r in pick],
-               "frames_index2": [int(it["frame_index"][r, 1]) for it, r in pick]}
+               "frame_index": [it["frame_index"][r].tolist() for it, r in pick]}
         if "flow_fwd" in pick[0][0]:
-            out["flow_fwd"] = torch.stack([it["flow_fwd"][r] for it, r in pick])
-            out["flow_bwd"] = torch.stack([it["flow_bwd"][r] for it, r in pick])
+            for key in ("flow_fwd", "flow_bwd"):
+                out[key] = torch.stack([it[key][r] for it, r in pick])
         if self.view_maker is None:
             return out
         flows = {}
@@ -138,21 +138,27 @@ class StepBatches(torch.utils.data.Dataset):
             flows = dict(zip(("flow_fwd", "flow_bwd"), _flows(out, self.flow)))
             for key in flows:
                 out.pop(key, None)
-        out["views"] = self.view_maker(out.pop("frames1"), out.pop("frames2"),
+        out["views"] = self.view_maker(out.pop("frames"),
                                        sample_rngs(s.seed, step, out["samples"]), **flows)
         return out
 
 
 def _flows(batch: dict, estimator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward flow between consecutive frames: [n, K-1, 2, H, W] each, from
+    the batch (a flow cache) or estimated for the whole batch, one frame step at a time."""
     if "flow_fwd" in batch:
         return batch["flow_fwd"], batch["flow_bwd"]
     if estimator is None:
         raise ValueError("this method needs flow: give a flow estimator or a flow cache")
-    meta = {"videos": batch["videos"], "frames1": batch["frames_index1"],
-            "frames2": batch["frames_index2"]}
-    back = {**meta, "frames1": meta["frames2"], "frames2": meta["frames1"]}
-    return (estimator(batch["frames1"], batch["frames2"], **meta).cpu(),
-            estimator(batch["frames2"], batch["frames1"], **back).cpu())
+    frames, index = batch["frames"], batch["frame_index"]
+    fwd, bwd = [], []
+    for k in range(frames.shape[1] - 1):
+        meta = {"videos": batch["videos"], "frames1": [ix[k] for ix in index],
+                "frames2": [ix[k + 1] for ix in index]}
+        back = {**meta, "frames1": meta["frames2"], "frames2": meta["frames1"]}
+        fwd.append(estimator(frames[:, k], frames[:, k + 1], **meta).cpu())
+        bwd.append(estimator(frames[:, k + 1], frames[:, k], **back).cpu())
+    return torch.stack(fwd, 1), torch.stack(bwd, 1)
 
 
 def grad_norm(params) -> float:
@@ -192,20 +198,21 @@ class Health:
         return out
 
 
-def export_backbone(method, path, *, schedule, steps_done: int, pairs, config) -> Path:
+def export_backbone(method, path, *, schedule, steps_done: int, samples, config) -> Path:
     return write_checkpoint(backbone_checkpoint(
         arch=method.encoder.arch, state_dict=method.backbone_state_dict(),
         decoder=method.decoder_entry(), method=method.name,
-        pretrain_data=str(getattr(pairs.source, "root", "")),
-        epochs=steps_done * schedule.batch_size / max(1, len(pairs) * pairs.repeats),
+        pretrain_data=str(getattr(samples.source, "root", "")),
+        epochs=steps_done * schedule.batch_size / max(1, len(samples) * samples.repeats),
         iterations=steps_done, config={**(config or {}), "schedule": asdict(schedule)}), path)
 
 
-def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu",
+def pretrain(method, samples, schedule: PretrainSchedule, *, out_dir, device="cpu",
              estimator=None, config: dict | None = None, stop_after: int | None = None,
              workers: int = 0, sync_bn: bool = False, progress: bool = True,
              log=print, health_every: int = 10, on_export=None) -> list[dict]:
-    """Train `method` on `pairs` (a FramePairs); resumes from ``out_dir/pretrain_state.pth``.
+    """Train `method` on `samples` (``pretrain.data.samples``: the method's sample kind,
+    pairs or clips); resumes from ``out_dir/pretrain_state.pth``.
     Under torchrun every process calls this; rank 0 writes. Returns the curve (loss terms
     and health, mean over processes; RankMe every `health_every` steps); writes
     ``out_dir/backbone.pth`` when the schedule is done. ``on_export(path, step)`` is called
@@ -244,7 +251,7 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
             find_unused_parameters=method.find_unused_parameters)
     end = schedule.steps if stop_after is None else min(stop_after, schedule.steps)
     cpu_flow = estimator if getattr(estimator, "on_cpu", False) else None
-    batches = StepBatches(pairs, schedule, rank, world, view_maker=method.view_maker,
+    batches = StepBatches(samples, schedule, rank, world, view_maker=method.view_maker,
                           needs_flow=method.needs_flow, flow=cpu_flow)
     loader = torch.utils.data.DataLoader(
         batches, batch_size=None, num_workers=workers,
@@ -266,7 +273,7 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
             flows = {}
             if method.needs_flow:
                 flows["flow_fwd"], flows["flow_bwd"] = _flows(batch, estimator)
-            views = method.make_views(batch["frames1"], batch["frames2"],
+            views = method.make_views(batch["frames"],
                                       sample_rngs(schedule.seed, step, batch["samples"]),
                                       **flows)
         views = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
@@ -307,7 +314,7 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
                              state_path)
         if rank == 0 and schedule.export_every and (step + 1) % schedule.export_every == 0:
             path = export_backbone(method, out_dir / "exports" / f"backbone_step{step + 1:07d}.pth",
-                                   schedule=schedule, steps_done=step + 1, pairs=pairs,
+                                   schedule=schedule, steps_done=step + 1, samples=samples,
                                    config=config)
             if on_export is not None:
                 on_export(path, step + 1)
@@ -319,5 +326,5 @@ def pretrain(method, pairs, schedule: PretrainSchedule, *, out_dir, device="cpu"
     already_exported = start == schedule.steps and (out_dir / BACKBONE_NAME).is_file()
     if rank == 0 and len(curve) == schedule.steps and not already_exported:
         export_backbone(method, out_dir / BACKBONE_NAME, schedule=schedule,
-                        steps_done=schedule.steps, pairs=pairs, config=config)
+                        steps_done=schedule.steps, samples=samples, config=config)
     return curve

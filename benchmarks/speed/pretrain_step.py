@@ -24,13 +24,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.speed import add_threads_argument, apply_threads
 from pretrain.config import load_preset
-from pretrain.flow import get_estimator
+from pretrain.flow import ESTIMATORS, get_estimator
 from pretrain.methods import get_method_class
 from pretrain.methods.base import StepContext
 from core.runtime import autocast
-from pretrain.train import PretrainSchedule, make_optimizer
+from pretrain.train import PretrainSchedule, _flows, make_optimizer
 
 H100_BF16_DENSE_TFLOPS = 989.0  # H100 SXM, dense bf16 tensor cores (NVIDIA data sheet)
+ESTIMATORS_ON_RANDOM_FRAMES = tuple(sorted(set(ESTIMATORS) - {"gt"}))
 
 
 def _sync(device):
@@ -60,17 +61,15 @@ def measure(name: str, *, preset: str, arch: str, size, frame, batch: int, steps
                                 lr=s["lr"], weight_decay=s["weight_decay"])
     optimizer = make_optimizer(method.trainable_named_parameters(), schedule)
     g = torch.Generator().manual_seed(0)
-    f1, f2 = (torch.rand(batch, 3, *frame, generator=g) for _ in range(2))
+    frames = torch.rand(batch, 2, 3, *frame, generator=g)  # a batch of frame pairs
     estimator = get_estimator(flow, **({"weights": None} if flow.startswith("raft") else {}))
+    sample = {"frames": frames.to(device), "videos": [""] * batch,
+              "frame_index": [[0, 1]] * batch}
 
-    def run_flow():
-        a, b = f1.to(device), f2.to(device)
-        return estimator(a, b).cpu(), estimator(b, a).cpu()
-
-    t_flow, (fwd, bwd) = _timed(run_flow, device, steps)
+    t_flow, (fwd, bwd) = _timed(lambda: _flows(sample, estimator), device, steps)
     rngs = [np.random.default_rng([0, n]) for n in range(batch)]
     flows = {"flow_fwd": fwd, "flow_bwd": bwd} if method.needs_flow else {}
-    t_views, views = _timed(lambda: method.make_views(f1, f2, rngs, **flows), device, steps)
+    t_views, views = _timed(lambda: method.make_views(frames, rngs, **flows), device, steps)
     views = {k: v.to(device) if torch.is_tensor(v) else v for k, v in views.items()}
 
     def run_step():
@@ -109,7 +108,9 @@ def main(argv=None) -> int:
     ap.add_argument("--frame", type=int, nargs=2, default=(720, 1280), metavar=("H", "W"))
     ap.add_argument("--batch", type=int, default=4, help="pairs per step (PooDLe: 4 per GPU)")
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--flow", default="raft_large")
+    ap.add_argument("--flow", default="raft_large", choices=ESTIMATORS_ON_RANDOM_FRAMES,
+                    help="the estimator timed on random frames (not gt: it reads the "
+                         "synthetic world's files)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
     ap.add_argument("--out", default=None, help="write the results to this JSON file")

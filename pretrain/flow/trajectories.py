@@ -82,3 +82,37 @@ def point_pairs(traj: Trajectories, t1: int, t2: int) -> tuple[torch.Tensor, tor
     """Positions [M, 2] in frames t1 and t2 of the trajectories tracked through both."""
     both = traj.active(t1) & traj.active(t2)
     return traj.points[both, t1], traj.points[both, t2]
+
+
+FRAME_SELECTIONS = ("anchor", "random")
+
+
+@dataclass
+class PointPairs:
+    """Frame pairs of one clip and the points tracked through both frames of each."""
+    frames: list[tuple[int, int]]  # (anchor, partner) positions in the clip
+    points: list[tuple[torch.Tensor, torch.Tensor]]  # [M_i, 2] (x, y) in each frame
+
+
+def trajectory_pairs(flow_fwd: torch.Tensor, flow_bwd: torch.Tensor, rng: np.random.Generator,
+                     *, num_points: int, partners: int, selection: str = "anchor",
+                     gamma: float = 0.0, delta: float = 4.0) -> PointPairs:
+    """PiCO's samples from a clip and its flow (Sec. 3.2-3.3): track `num_points` points
+    (Eq. 2-3), pick an anchor frame and up to `partners` frames by ``anchor_sampling``
+    (``selection="anchor"``) or uniformly among the other frames (``"random"``, Fig. 5's
+    ablation), and return the point pairs between the anchor and each partner.
+    flow_fwd / flow_bwd: [T-1, 2, H, W], frame t -> t+1 and t+1 -> t."""
+    if selection not in FRAME_SELECTIONS:
+        raise ValueError(f"unknown frame selection {selection!r}; known: "
+                         f"{', '.join(FRAME_SELECTIONS)}")
+    traj = track_points(flow_fwd, flow_bwd, num_points=num_points, gamma=gamma, delta=delta,
+                        rng=rng)
+    if selection == "anchor":
+        anchor, chosen = anchor_sampling(traj, partners, rng)
+    else:
+        T = traj.points.shape[1]
+        anchor = int(rng.integers(T))
+        others = [t for t in range(T) if t != anchor]
+        chosen = [int(t) for t in rng.permutation(others)[:partners]]
+    frames = [(anchor, t) for t in chosen]
+    return PointPairs(frames=frames, points=[point_pairs(traj, a, t) for a, t in frames])

@@ -2,8 +2,12 @@
 a method. A method is one file: a subclass of ``Method`` registered by name, plus its config.
 
 What a method declares (class attributes):
-- ``samples``: what each batch item is; ``"pairs"`` (two frames of one video) today.
-- ``needs_flow``: the loop hands ``make_views`` the forward and backward frame flow.
+- ``samples``: what each batch item is (``pretrain.data.samples``): ``"pairs"``, two frames
+  of one video, or ``"clips"``, K frames of a video resampled at a fixed rate (PixPro-flow;
+  PiCO's trajectory point pairs are made from a clip and its flow by
+  ``pretrain.flow.trajectories.trajectory_pairs``). The config's data section follows it.
+- ``needs_flow``: the view maker gets the forward and backward flow between consecutive
+  frames.
 - ``find_unused_parameters``: parameters that may get no gradient in a step (DDP is told).
 - ``local_batchnorm``: sub-modules whose BatchNorm is never synchronised (``--sync-bn``),
   e.g. a key encoder whose batch is defined by shuffle BN (MoCo Sec. 3.3).
@@ -12,8 +16,10 @@ What a method declares (class attributes):
 
 What a method implements:
 - ``self.view_maker``, set by the constructor: plain data (no weights, picklable) called as
-  ``(frames1, frames2, rngs, **flows) -> views``, everything random about sample n from
-  ``rngs[n]``; DataLoader workers run it (``make_views`` is the loop's call of it);
+  ``(frames [N, K, 3, H, W], rngs, **flows) -> views`` with ``flow_fwd`` / ``flow_bwd``
+  [N, K-1, 2, H, W] (frame k -> k+1, k+1 -> k) when ``needs_flow``; everything random about
+  sample n comes from ``rngs[n]``; DataLoader workers run it (``make_views`` is the loop's
+  call of it);
 - ``losses(views) -> {name: scalar}``: loss terms, and only loss terms; the loop sums them.
 
 What a method may hook (defaults do nothing):
@@ -81,13 +87,14 @@ class Method(nn.Module):
     def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(name, p) for name, p in self.named_parameters() if p.requires_grad]
 
-    def make_views(self, frames1: torch.Tensor, frames2: torch.Tensor,
-                   rngs: list[np.random.Generator], **flows) -> dict:
-        """frames float [N, 3, H, W] in [0, 1], one generator per pair -> {"view1", ...}.
-        Everything random about pair n comes from rngs[n], so a pair's views do not depend
-        on which process or batch it lands in. Runs ``self.view_maker``: plain data (no
-        weights) set by the constructor, which the loop hands to its DataLoader workers."""
-        return self.view_maker(frames1, frames2, rngs, **flows)
+    def make_views(self, frames: torch.Tensor, rngs: list[np.random.Generator],
+                   **flows) -> dict:
+        """frames float [N, K, 3, H, W] in [0, 1], one generator per sample -> {"view1",
+        ...}. Everything random about sample n comes from rngs[n], so its views do not
+        depend on which process or batch it lands in. Runs ``self.view_maker``: plain data
+        (no weights) set by the constructor, which the loop hands to its DataLoader
+        workers."""
+        return self.view_maker(frames, rngs, **flows)
 
     def losses(self, views: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError

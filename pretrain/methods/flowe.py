@@ -38,8 +38,11 @@ class FlowEViews:
     colours: dict[str, ColourSpec]
     alpha: tuple[float, float]
 
-    def __call__(self, frames1, frames2, rngs, *, flow_fwd, flow_bwd) -> dict:
-        views = paired_views(frames1, frames2, rngs, self.spec, self.box, self.colours)
+    def __call__(self, frames, rngs, *, flow_fwd, flow_bwd) -> dict:
+        """frames [N, 2, 3, H, W], flows [N, 1, 2, H, W] (pairs)."""
+        views = paired_views(frames[:, 0], frames[:, 1], rngs, self.spec, self.box,
+                             self.colours)
+        flow_fwd, flow_bwd = flow_fwd[:, 0], flow_bwd[:, 0]
         del views["pre1"], views["pre2"]  # PooDLe's subcrops use them, FlowE does not
         views["flow"], views["valid"] = view_correspondence(
             flow_fwd, flow_bwd, views["A1"], views["A2"], self.spec.size, self.alpha,

@@ -158,8 +158,11 @@ class PooDLeViews:
             out["sub_target"].append(torch.stack(target))
         return {k: torch.stack(v) for k, v in out.items()}
 
-    def __call__(self, frames1, frames2, rngs, *, flow_fwd, flow_bwd) -> dict:
-        views = paired_views(frames1, frames2, rngs, self.spec, self.box, self.colours)
+    def __call__(self, frames, rngs, *, flow_fwd, flow_bwd) -> dict:
+        """frames [N, 2, 3, H, W], flows [N, 1, 2, H, W] (pairs)."""
+        views = paired_views(frames[:, 0], frames[:, 1], rngs, self.spec, self.box,
+                             self.colours)
+        flow_fwd, flow_bwd = flow_fwd[:, 0], flow_bwd[:, 0]
         size, scale = self.spec.size, pixel_scale(views["C"])
         views["flow12"], views["valid12"] = view_correspondence(
             flow_fwd, flow_bwd, views["A1"], views["A2"], size, self.alpha, scale=scale)

@@ -101,7 +101,7 @@ def test_a_change_to_shared_pretraining_code_changes_every_method_key(tmp_path):
 def test_gpu_study_preset_runs_at_tiny_size_on_cpu(name, tiny_root, tmp_path):
     """The `gpu` preset cannot run here; its configs are checked by one step of each
     method at tiny size (arch, views and batch shrunk, everything else as in the preset)."""
-    from pretrain.data.pairs import FramePairs
+    from pretrain.data.samples import make_samples
     from pretrain.data.video import VideoSource
     from pretrain.flow import get_estimator
     from pretrain.train import PretrainSchedule, pretrain
@@ -118,7 +118,7 @@ def test_gpu_study_preset_runs_at_tiny_size_on_cpu(name, tiny_root, tmp_path):
     resolved = resolve(name, apply_overrides(config, small), num_videos=3, seed=0)
     method = get_method_class(name)(**resolved["model"])
     source = VideoSource(tiny_root / "bdd100k" / "videos" / "train")
-    pairs = FramePairs(source, dt_frames=resolved["data"]["dt_frames"], repeats=1)
-    curve = pretrain(method, pairs, PretrainSchedule(**resolved["schedule"]), out_dir=tmp_path,
+    samples = make_samples(get_method_class(name).samples, source, resolved["data"])
+    curve = pretrain(method, samples, PretrainSchedule(**resolved["schedule"]), out_dir=tmp_path,
                      estimator=get_estimator("gt"), progress=False, log=lambda *_: None)
     assert len(curve) == 1 and math.isfinite(curve[0]["loss"])

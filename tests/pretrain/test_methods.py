@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pretrain.data.pairs import FramePairs
+from pretrain.data.samples import FramePairs
 from pretrain.data.video import VideoSource
 from pretrain.config import load_preset
 from pretrain.flow import get_estimator
@@ -132,9 +132,8 @@ def test_views_made_in_a_loader_worker_equal_those_of_the_loop(name, tiny_root):
     (from_worker,) = list(loader)
     batch = StepBatches(_pairs(tiny_root), SCHEDULE)[1]
     fwd, bwd = _flows(batch, flow)
-    in_loop = method.make_views(batch["frames1"], batch["frames2"],
-                                sample_rngs(SCHEDULE.seed, 1, batch["samples"]),
+    in_loop = method.make_views(batch["frames"], sample_rngs(SCHEDULE.seed, 1, batch["samples"]),
                                 flow_fwd=fwd, flow_bwd=bwd)
     views = from_worker["views"]
-    assert "frames1" not in from_worker and set(views) == set(in_loop)
+    assert "frames" not in from_worker and set(views) == set(in_loop)
     assert all(torch.equal(views[k], in_loop[k]) for k in in_loop)

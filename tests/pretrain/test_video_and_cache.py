@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmarks.cli import main
-from pretrain.data.pairs import FramePairs, collate_pairs
+from pretrain.data.samples import FramePairs, collate_samples
 from pretrain.data.video import DECODERS, VideoSource
 from pretrain.flow.cache import FlowCache, decode, encode
 
@@ -42,7 +42,7 @@ def test_bad_videos_are_skipped_and_counted(backend, videos_with_bad_files):
     names = {p.split("/")[-1] for p in source.skipped}
     assert names == {"truncated.mov", "empty.mov", "notes.mp4"}
     assert "4 of 7 videos usable; skipped 3" in source.summary()
-    batch = collate_pairs(items)
+    batch = collate_samples(items)
     assert batch["frames"].shape[:3] == (7, 2, 2)
     # every draw of a bad file is in the items, whether this process knew it or not
     assert {p.split("/")[-1] for p in batch["skipped"]} == {"truncated.mov", "notes.mp4",
@@ -117,7 +117,7 @@ def test_bench_flow_precompute_resume_info_show(videos, tmp_path, capsys):
     # the sampler draws cached pairs and carries their flow
     pairs = FramePairs(VideoSource(videos), flow_cache=cache, repeats=2)
     item = pairs[0]
-    assert item["flow_fwd"].shape == (2, 2, *item["frames"].shape[2:4])
+    assert item["flow_fwd"].shape == (2, 1, 2, *item["frames"].shape[2:4])
     png = tmp_path / "show.png"
     assert main(["flow", "show", "--videos", str(videos), "--t", "2", "--dt", "1",
                  "--out", str(png)]) == 0
@@ -152,7 +152,7 @@ def test_frame_folders_are_videos_too(videos, tmp_path):
 def test_bad_videos_do_not_stop_dataloader_workers(videos_with_bad_files):
     pairs = FramePairs(VideoSource(videos_with_bad_files, backend="pyav"), dt_frames=2)
     loader = torch.utils.data.DataLoader(pairs, batch_size=4, num_workers=2,
-                                         collate_fn=collate_pairs)
+                                         collate_fn=collate_samples)
     batches = list(loader)
     assert sum(len(b["video"]) for b in batches) == 7
     assert {p.split("/")[-1] for b in batches for p in b["skipped"]} == {

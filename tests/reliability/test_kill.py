@@ -16,7 +16,7 @@ import torch
 import benchmarks.plots  # noqa: F401
 import benchmarks.runner  # noqa: F401
 import pretrain.config  # noqa: F401
-import pretrain.data.pairs  # noqa: F401
+import pretrain.data.samples  # noqa: F401
 import readout.model  # noqa: F401
 import readout.train  # noqa: F401
 from benchmarks.cli import main as bench

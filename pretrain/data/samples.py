@@ -1,0 +1,192 @@
+"""What one batch item of pretraining is, drawn from videos: one item per video visit with
+`repeats` samples from it (repeated sampling, PooDLe App. A / MAE-st), each sample K frames
+of one video and, with a flow cache, the flow between consecutive ones.
+
+- ``pairs`` (K = 2): frames (t, t + Δt), Δt in frames or seconds. FlowE Sec. 4.1:
+  ``dt_seconds=0.5``; PooDLe Sec. 4.1: ``dt_frames=(15, 30)`` at 30 fps (0.5-1 s).
+- ``clips`` (K = ``clip_frames``): frames t, t + s, ..., t + (K-1) s of the video resampled
+  at ``clip_fps`` (s = round(video fps / clip_fps)); the flow between consecutive frames
+  chains to the flow from the first to the last (PixPro-flow Sec. 3, Eq. 1: K = 6 frames of
+  a 10 fps stream, 0.5 s). Trajectory samples (PiCO) are made from clips and their flow by
+  ``pretrain.flow.trajectories.trajectory_pairs``.
+
+Items are a pure function of (seed, epoch, index) and the files. With a flow cache the
+samples are drawn among the cached frame pairs (pairs) or chains of them (clips). A video
+that fails to decode is skipped (another one is drawn), recorded in the item's ``skipped``
+and in ``source.skipped``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .video import VideoError, VideoSource
+
+
+def _range(value, name: str):
+    if value is None:
+        return None
+    lo, hi = (value, value) if np.isscalar(value) else tuple(value)
+    if not 0 < lo <= hi:
+        raise ValueError(f"{name} must be positive (a value or a [min, max] range), got {value}")
+    return lo, hi
+
+
+class VideoSamples(torch.utils.data.Dataset):
+    """Item: {"frames": uint8 [R, K, H, W, 3], "frame_index": long [R, K], "time": seconds
+    [R, K], "video", "path", "skipped"} and, with a flow cache, "flow_fwd" / "flow_bwd":
+    float [R, K-1, 2, H, W], frame k -> k+1 and k+1 -> k. Subclasses draw the frame indices
+    (``_draw``)."""
+    kind = ""
+
+    def __init__(self, source: VideoSource, *, repeats: int = 1, seed: int = 0,
+                 flow_cache=None, max_tries: int = 20):
+        self.source, self.repeats, self.seed = source, int(repeats), int(seed)
+        self.cache, self.max_tries, self.epoch = flow_cache, max_tries, 0
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _draw(self, video: int, rng: np.random.Generator) -> list[tuple[int, ...]]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict:
+        """Attempt k draws from its own generator (seed, epoch, index, k), so the item does
+        not depend on how far a failed attempt got, nor on which files this process has
+        already found unreadable: resume and any number of workers give the same items."""
+        skipped = []
+        for attempt in range(self.max_tries):
+            rng = np.random.default_rng([self.seed, self.epoch, index, attempt])
+            video = int(index) if attempt == 0 else int(rng.integers(len(self.source)))
+            if self.source.is_bad(video):
+                skipped.append(str(self.source.items[video]))
+                continue
+            try:
+                samples = self._draw(video, rng)
+                frames = [self.source.read(video, list(s)) for s in samples]
+                break
+            except VideoError:
+                skipped.append(str(self.source.items[video]))
+        else:
+            raise VideoError(f"no decodable video after {self.max_tries} tries; "
+                             f"{self.source.summary()}")
+        fps = self.source.open(video).info.fps
+        item = {"frames": torch.from_numpy(np.stack([np.stack(f) for f in frames])),
+                "frame_index": torch.tensor(samples, dtype=torch.long),
+                "time": torch.tensor(samples, dtype=torch.float64) / fps,
+                "video": self.source.name(video), "path": str(self.source.items[video]),
+                "skipped": skipped}
+        if self.cache is not None:
+            name = self.source.name(video)
+            flows = [[self.cache.load(name, a, b) for a, b in zip(s[:-1], s[1:])]
+                     for s in samples]
+            H, W = item["frames"].shape[2:4]
+            for j, key in enumerate(("flow_fwd", "flow_bwd")):
+                item[key] = torch.stack([torch.stack([f[j] for f in fs]) if fs else
+                                         torch.zeros(0, 2, H, W) for fs in flows])
+        return item
+
+    def _cached_pairs(self, video: int) -> list[tuple[int, int]]:
+        pairs = self.cache.pairs(self.source.name(video))
+        if not pairs:
+            raise VideoError(f"{self.source.items[video]}: no cached flow")
+        return pairs
+
+
+class FramePairs(VideoSamples):
+    kind = "pairs"
+
+    def __init__(self, source: VideoSource, *, dt_frames=None, dt_seconds=None, **kw):
+        if (dt_frames is None) == (dt_seconds is None) and kw.get("flow_cache") is None:
+            raise ValueError("give exactly one of dt_frames and dt_seconds")
+        super().__init__(source, **kw)
+        self.dt_frames, self.dt_seconds = _range(dt_frames, "dt_frames"), _range(
+            dt_seconds, "dt_seconds")
+
+    def _draw(self, video: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+        if self.cache is not None:
+            pairs = self._cached_pairs(video)
+            return [tuple(pairs[k]) for k in rng.integers(len(pairs), size=self.repeats)]
+        info = self.source.open(video).info
+        out = []
+        for _ in range(self.repeats):
+            if self.dt_frames is not None:
+                dt = int(rng.integers(self.dt_frames[0], self.dt_frames[1] + 1))
+            else:
+                dt = max(1, int(round(rng.uniform(*self.dt_seconds) * info.fps)))
+            if dt >= info.num_frames:
+                raise VideoError(f"{info.path}: {info.num_frames} frames, shorter than Δt {dt}")
+            t = int(rng.integers(0, info.num_frames - dt))
+            out.append((t, t + dt))
+        return out
+
+
+class FrameClips(VideoSamples):
+    kind = "clips"
+
+    def __init__(self, source: VideoSource, *, clip_frames: int, clip_fps: float, **kw):
+        if int(clip_frames) < 1 or not clip_fps > 0:
+            raise ValueError(f"clip_frames must be >= 1 and clip_fps > 0, got {clip_frames}, "
+                             f"{clip_fps}")
+        super().__init__(source, **kw)
+        self.clip_frames, self.clip_fps = int(clip_frames), float(clip_fps)
+
+    def stride(self, video: int) -> int:
+        """Frames of the video between consecutive clip frames."""
+        return max(1, int(round(self.source.open(video).info.fps / self.clip_fps)))
+
+    def _draw(self, video: int, rng: np.random.Generator) -> list[tuple[int, ...]]:
+        s, K = self.stride(video), self.clip_frames
+        if self.cache is not None and K > 1:
+            starts = self._cached_starts(video, s)
+            first = [int(starts[k]) for k in rng.integers(len(starts), size=self.repeats)]
+        else:
+            n = self.source.open(video).info.num_frames
+            if (K - 1) * s >= n:
+                raise VideoError(f"{self.source.items[video]}: {n} frames, shorter than a "
+                                 f"clip of {K} frames {s} apart")
+            first = [int(t) for t in rng.integers(0, n - (K - 1) * s, size=self.repeats)]
+        return [tuple(t + i * s for i in range(K)) for t in first]
+
+    def _cached_starts(self, video: int, s: int) -> list[int]:
+        pairs = set(map(tuple, self._cached_pairs(video)))
+        K = self.clip_frames
+        starts = sorted(t for t, u in pairs if u == t + s and all(
+            (t + i * s, t + (i + 1) * s) in pairs for i in range(1, K - 1)))
+        if not starts:
+            raise ValueError(f"flow cache {self.cache.root} holds no {K - 1} consecutive "
+                             f"pairs {s} frames apart for {self.source.name(video)}: "
+                             f"precompute it with --dt {s} --every {s}")
+        return starts
+
+
+SAMPLES = {"pairs": FramePairs, "clips": FrameClips}
+# the data keys of each kind (the rest of a data section: repeats)
+SAMPLE_KEYS = {"pairs": ("dt_frames", "dt_seconds"), "clips": ("clip_frames", "clip_fps")}
+
+
+def make_samples(kind: str, source: VideoSource, data: dict, *, seed: int = 0,
+                 flow_cache=None) -> VideoSamples:
+    """A config's data section -> the dataset of the method's sample kind."""
+    if kind not in SAMPLES:
+        raise KeyError(f"unknown sample kind {kind!r}; known: {', '.join(SAMPLES)}")
+    kwargs = {k: data[k] for k in SAMPLE_KEYS[kind] if data.get(k) is not None}
+    return SAMPLES[kind](source, repeats=data.get("repeats", 1), seed=seed,
+                         flow_cache=flow_cache, **kwargs)
+
+
+def collate_samples(items: list[dict]) -> dict:
+    """Stack tensors (videos of one size), keep names as lists, join the skipped lists."""
+    out = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        if key == "skipped":
+            out[key] = [p for v in values for p in v]
+        elif isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        else:
+            out[key] = values
+    return out
