@@ -23,7 +23,8 @@ TABLE_DIR = Path(__file__).with_name("tables")
 METRIC_ORDER = ("mIoU", "Acc", "mAcc", "mIoU_small", "mIoU_large", "mIoU_rare", "mIoU_common",
                 "mAP", "AP50", "AP75", "APs", "APm", "APl")
 METHOD_LABELS = {"scratch": "Scratch", "flowe": "FlowE", "poodle": "PooDLe", "byol": "BYOL",
-                 "byol_crop": "BYOL (crop)", "byol_video": "BYOL (crop w/ video)", "moco_v2": "MoCo v2",
+                 "byol_crop": "BYOL (crop)", "byol_video": "BYOL (crop w/ video)",
+                 "moco_v2": "MoCo v2", "pixpro": "PixPro", "pixpro_flow": "PixPro-flow",
                  "torchvision": "Supervised", "supervised": "Supervised (world labels)"}
 ARCH_LABELS = {"resnet50": "R50", "resnet18": "R18", "resnet34": "R34", "resnet101": "R101"}
 ROW_KEY = ("method", "arch", "pretrain_epochs", "pretrain_data", "init")
@@ -49,6 +50,7 @@ class Row:
     epochs: str = ""
     pretrain_data: str = ""
     init: str = ""
+    setting: str = ""  # what tells apart rows of a paper table keyed by the note (ablations)
     seeds: str = ""
     checkpoint: str = ""
     cells: dict[str, Cell] = field(default_factory=dict)
@@ -270,7 +272,8 @@ def paper_table(name: str, tracker=None, published: list[dict] | None = None
         value = {k: "/".join(dict.fromkeys(r[k] for r in items if r[k])) for k in ROW_KEY}
         rows.append(Row(source=f"{spec['paper']} {spec['table']}", method=value["method"],
                         arch=value["arch"], epochs=value["pretrain_epochs"],
-                        pretrain_data=value["pretrain_data"], init=value["init"]))
+                        pretrain_data=value["pretrain_data"], init=value["init"],
+                        setting=items[0]["note"] if "note" in row_key else ""))
         _place(spec, rows[-1], items)
     if tracker is not None:
         rows += _fill_ours(spec, rows, tracker)
@@ -320,7 +323,9 @@ def _fill_ours(spec: dict, rows: list[Row], tracker) -> list[Row]:
 
 def table_body(spec: dict, rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     labels = [c["label"] for c in spec["columns"]]
-    header = ["method", "arch", "epochs", "pretrain_data", "init", *labels]
+    setting = ["setting"] if any(r.setting for r in rows) else []
+    header = ["method", "arch", "epochs", "pretrain_data", "init", *setting, *labels]
     body = [[r.method, r.arch, r.epochs, r.pretrain_data, r.init,
+             *([r.setting] if setting else []),
              *(str(r.cells.get(label, "")) for label in labels)] for r in rows]
     return header, body

@@ -141,16 +141,21 @@ def photometric(view: torch.Tensor, rng: np.random.Generator, spec: ColourSpec) 
 
 
 def crop_views(sources: dict[str, torch.Tensor], rngs: list[np.random.Generator],
-               spec: ViewSpec, colours: dict[str, ColourSpec]) -> dict[str, torch.Tensor]:
+               spec: ViewSpec, colours: dict[str, ColourSpec], *,
+               matrices: bool = False) -> dict[str, torch.Tensor]:
     """Image-level views: for each sample n and each source ``k`` (frames [N, 3, H, W]) a
     random crop / flip by `spec` with the colour changes ``colours[k]`` ->
-    {"view<k>": [N, 3, h, w]}; sample n's randomness is rngs[n]'s."""
-    views: dict[str, list] = {"view" + key: [] for key in sources}
+    {"view<k>": [N, 3, h, w]} (and with `matrices` "A<k>": [N, 3, 3], view pixel -> frame
+    pixel); sample n's randomness is rngs[n]'s."""
+    views: dict[str, list] = {p + key: [] for key in sources
+                              for p in ("view", "A")[:1 + matrices]}
     for n, rng in enumerate(rngs):
         for key, src in sources.items():
             A = view_matrix(src.shape[-2:], spec, rng)
             v = render_view(src[n], A, spec.size)
             views["view" + key].append(photometric(v, rng, colours[key]))
+            if matrices:
+                views["A" + key].append(A)
     return {k: torch.stack(v) for k, v in views.items()}
 
 

@@ -18,6 +18,7 @@ from .augment import COLOURS
 from .data.samples import SAMPLE_KEYS
 from .flow.estimators import flow_spec
 from .methods import METHODS, get_method_class
+from .methods.pixpro import MASK_UNITS
 from .methods.poodle import CROP_GEOMETRIES
 from .train import OPTIMIZERS, PretrainSchedule
 
@@ -56,7 +57,7 @@ DATA_RANGES = {"repeats": WHOLE_AT_LEAST_1, "clip_frames": WHOLE_AT_LEAST_1,
 MODEL_RANGES = {"ema_base": Range(0, 1), "momentum": Range(0, 1),
                 "temperature": Range(0, open_low=True)}
 MODEL_CHOICES = {"decoder_order": DECODER_ORDERS, "colour": tuple(COLOURS),
-                 "crop_geometry": CROP_GEOMETRIES}
+                 "crop_geometry": CROP_GEOMETRIES, "mask_units": MASK_UNITS}
 
 
 def _check_value(where: str, value, allowed: Range) -> None:

@@ -84,3 +84,43 @@ def view_correspondence(flow_fwd: torch.Tensor, flow_bwd: torch.Tensor, A1: torc
     grid = pixel_grid(h, w, dtype=flow_fwd.dtype)[None].expand(A1.shape[0], 2, h, w)
     seen = sample_at(consistent.float()[:, None], apply_affine(A1, grid), mode="nearest")[:, 0]
     return flow, valid & (seen > 0) & in_view(flow)
+
+
+def bin_centres(A: torch.Tensor, grid: tuple[int, int],
+                size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The centres of a view's feature-map bins in frame pixels, and each view's bin diagonal
+    (PixPro's coordinate bookkeeping, Xie et al. 2021 Sec. 3.1; PixPro-flow
+    contrast/models/PixPro.py L140-199): the [h, w] `grid` of bins tiles the view of `size`
+    (H_v, W_v) pixels; A [N, 3, 3] maps view pixels to frame pixels (crop, resize, flip).
+    Returns (centres [N, 2, h w] (x, y), diagonal [N] in frame pixels)."""
+    h, w = grid
+    sy, sx = size[0] / h, size[1] / w
+    ys, xs = torch.meshgrid((torch.arange(h, dtype=A.dtype) + 0.5) * sy - 0.5,
+                            (torch.arange(w, dtype=A.dtype) + 0.5) * sx - 0.5, indexing="ij")
+    q = torch.stack([xs, ys]).reshape(1, 2, h * w, 1).expand(A.shape[0], 2, h * w, 1)
+    centres = apply_affine(A, q)[..., 0]
+    step = torch.tensor([sx, sy], dtype=A.dtype)
+    return centres, (A[:, :2, :2] @ step).norm(dim=1)
+
+
+def carry_points(points: torch.Tensor, flow: torch.Tensor,
+                 keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """points [N, 2, M] in frame pixels moved by the frame flow [N, 2, H, W] (bilinear,
+    zeros outside, as the authors' grid_sample), and whether each point's flow holds: `keep`
+    [N, H, W] read at the nearest pixel (False outside the frame). -> ([N, 2, M], [N, M])."""
+    p = points[..., None]  # [N, 2, M, 1]
+    moved = points + sample_at(flow, p)[..., 0]
+    held = sample_at(keep.float()[:, None], p, mode="nearest")[:, 0, :, 0] > 0
+    return moved, held
+
+
+def positive_bins(moved: torch.Tensor, held: torch.Tensor, centres: torch.Tensor,
+                  diag1: torch.Tensor, diag2: torch.Tensor, ratio: float) -> torch.Tensor:
+    """PixPro-flow Sec. 3, Omega_x = {y : ||x + w(x) - y|| / d < ratio} (ratio 0.7): bool
+    [N, M1, M2], bin i of view 1 (carried to the other frame: `moved` [N, 2, M1], `held`
+    [N, M1]) and bin j of view 2 (`centres` [N, 2, M2]) are positives. d is the larger of
+    the two views' bin diagonals, in frame pixels (authors' PixPro.py L155-157, L217-222,
+    as PixPro's own code); rows whose flow does not hold have no positive."""
+    d = torch.maximum(diag1, diag2)[:, None, None]
+    dist = (moved[:, :, :, None] - centres[:, :, None, :]).norm(dim=1) / d
+    return (dist < ratio) & held[:, :, None]

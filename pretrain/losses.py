@@ -60,3 +60,20 @@ def infonce_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor,
     negative = q @ queue.detach()  # [B, K]
     logits = torch.cat([positive, negative], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
+def pixel_consistency_loss(y: torch.Tensor, z: torch.Tensor,
+                           positive: torch.Tensor) -> torch.Tensor:
+    """PixPro's pixel-to-propagation consistency (Xie et al. 2021, Eq. 5) over the flow-
+    tracked positives of PixPro-flow (Eq. 2): per image -2 sum_{(i, j) positive} cos(y_i,
+    z_j) / |positives|, mean over the batch (authors' contrast/models/PixPro.py
+    regression_loss: an image without positives adds 0, eps 1e-6).
+
+    y: online propagated features of view 1 [N, C, h, w]; z: target projections of view 2
+    [N, C, h', w'] (no gradient); positive: bool [N, h w, h' w'].
+    """
+    y = F.normalize(y.flatten(2), dim=1)  # [N, C, M1]
+    z = F.normalize(z.detach().flatten(2), dim=1)  # [N, C, M2]
+    cos = torch.bmm(y.transpose(1, 2), z)  # [N, M1, M2]
+    pos = positive.to(cos.dtype)
+    return -2 * ((cos * pos).sum((1, 2)) / (pos.sum((1, 2)) + 1e-6)).mean()

@@ -141,11 +141,13 @@ def momentum_copy(module: nn.Module) -> nn.Module:
 
 
 class OnlineTargetMethod(Method):
-    """BYOL's structure (Grill et al. 2020, Sec. 3.1), shared by FlowE and PooDLe: an online
-    encoder, projector and predictor, and a target made of EMA copies of the encoder, the
+    """BYOL's structure (Grill et al. 2020, Sec. 3.1), shared by FlowE, PooDLe and PixPro: an
+    online encoder, projector and predictor (unless ``has_predictor`` is off), and a target
+    made of EMA copies of the encoder, the
     projector and whatever a method adds with ``add_target``, moved after every optimizer
     step with tau from ``ema_base`` to 1 on a cosine (Sec. 3.2)."""
     dense = False  # 1x1-conv heads on the feature map instead of pooled MLPs
+    has_predictor = True  # BYOL's predictor q; PixPro has none (its PPM takes the place)
     # BYOL: cross-replica BatchNorm (deepmind-research byol/configs/byol.py bn_config
     # cross_replica_axis); PooDLe and its FlowE: convert_sync_batchnorm (src/train.py)
     sync_batchnorm = True
@@ -155,7 +157,8 @@ class OnlineTargetMethod(Method):
         super().__init__(**kw)
         channels = self.encoder.channels["res5"]
         self.projector = mlp(channels, hidden, out_dim, dense=self.dense)
-        self.predictor = mlp(out_dim, hidden, out_dim, dense=self.dense)
+        if self.has_predictor:
+            self.predictor = mlp(out_dim, hidden, out_dim, dense=self.dense)
         self.ema_base = ema_base
         self.target_names: list[str] = []
         self.add_target("encoder")

@@ -110,7 +110,11 @@ def test_gpu_study_preset_runs_at_tiny_size_on_cpu(name, tiny_root, tmp_path):
     assert config["model"]["arch"] == "resnet50"
     small = ["model.arch=resnet18", "model.hidden=32", "model.out_dim=16",
              "model.view_size=[32, 64]", "schedule.batch_size=2", "schedule.steps=1",
-             "data.repeats=1", "data.dt_frames=[1, 2]"]
+             "data.repeats=1"]
+    if get_method_class(name).samples == "pairs":
+        small.append("data.dt_frames=[1, 2]")
+    elif get_method_class(name).needs_flow:
+        small.append("data.clip_frames=3")
     if "subcrop_size" in config["model"]:
         small.append("model.subcrop_size=[32, 32]")
     if "shuffle_bn_group" in config["model"]:

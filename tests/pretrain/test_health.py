@@ -8,7 +8,7 @@ from pretrain.methods import METHODS
 from pretrain.flow import get_estimator
 from pretrain.train import Health, pretrain
 
-from .test_methods import SCHEDULE, _method, _pairs
+from .test_methods import SCHEDULE, _method, _samples
 
 
 def _rank_r(n: int, d: int, r: int) -> torch.Tensor:
@@ -66,7 +66,7 @@ def test_health_logs_the_collapse_once_and_keeps_the_buffer_bounded():
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_curve_has_health_and_the_loss_is_only_the_loss_terms(name, tiny_root, tmp_path):
-    curve = pretrain(_method(name), _pairs(tiny_root), SCHEDULE, out_dir=tmp_path,
+    curve = pretrain(_method(name), _samples(tiny_root, name), SCHEDULE, out_dir=tmp_path,
                      stop_after=2, estimator=get_estimator("gt"), progress=False,
                      log=lambda *_: None, health_every=1)
     for entry in curve:

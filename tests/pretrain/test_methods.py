@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pretrain.data.samples import FramePairs
+from pretrain.data.samples import SAMPLES, FramePairs, make_samples
 from pretrain.data.video import VideoSource
 from pretrain.config import load_preset
 from pretrain.flow import get_estimator
@@ -15,8 +15,12 @@ def _method(name, seed=0):
     return get_method_class(name)(**load_preset(name, "smoke")["model"])
 
 
-def _pairs(tiny_root):
-    return FramePairs(VideoSource(tiny_root / "bdd100k" / "videos"), dt_frames=(1, 3), repeats=2)
+def _samples(tiny_root, name="byol"):
+    """Frame pairs 1-3 frames apart, or the method's smoke clips."""
+    source = VideoSource(tiny_root / "bdd100k" / "videos")
+    if METHODS[name].samples == "pairs":
+        return FramePairs(source, dt_frames=(1, 3), repeats=2)
+    return make_samples(METHODS[name].samples, source, load_preset(name, "smoke")["data"])
 
 
 SCHEDULE = PretrainSchedule(steps=3, batch_size=2, optimizer="lars", lr=0.1, weight_decay=1e-6,
@@ -24,8 +28,9 @@ SCHEDULE = PretrainSchedule(steps=3, batch_size=2, optimizer="lars", lr=0.1, wei
 
 
 def _run(method, tiny_root, out, stop_after):
-    return pretrain(method, _pairs(tiny_root), SCHEDULE, out_dir=out, stop_after=stop_after,
-                    estimator=get_estimator("gt"), progress=False, log=lambda *_: None)
+    return pretrain(method, _samples(tiny_root, method.name), SCHEDULE, out_dir=out,
+                    stop_after=stop_after, estimator=get_estimator("gt"), progress=False,
+                    log=lambda *_: None)
 
 
 def _parameters(module, trainable: bool) -> dict:
@@ -38,7 +43,7 @@ def test_a_step_trains_the_encoder_and_the_loss_is_the_sum_of_the_terms(name, ti
                                                                          tmp_path):
     """What the contract promises for every method."""
     method = _method(name)
-    assert isinstance(method, Method) and method.samples == "pairs"
+    assert isinstance(method, Method) and method.samples in SAMPLES
     # parameters only: BatchNorm running statistics change in any forward pass, so a check
     # that included them would pass with an optimizer that never updates a weight
     online0 = _parameters(method.encoder, trainable=True)
@@ -94,14 +99,14 @@ def test_moco_v2_has_no_predictor_and_enqueues_a_batch_of_unit_keys(tiny_root, t
 def test_resume_after_a_kill_is_bit_identical(name, tiny_root, tmp_path):
     est = get_estimator("gt")
     full = _method(name)
-    pretrain(full, _pairs(tiny_root), SCHEDULE, out_dir=tmp_path / "full", estimator=est,
+    pretrain(full, _samples(tiny_root, name), SCHEDULE, out_dir=tmp_path / "full", estimator=est,
              progress=False, log=lambda *_: None)
     killed = _method(name)
-    pretrain(killed, _pairs(tiny_root), SCHEDULE, out_dir=tmp_path / "killed", stop_after=1,
+    pretrain(killed, _samples(tiny_root, name), SCHEDULE, out_dir=tmp_path / "killed", stop_after=1,
              estimator=est, progress=False, log=lambda *_: None)
     resumed = _method(name, seed=9)  # a fresh process, initialised differently
-    pretrain(resumed, _pairs(tiny_root), SCHEDULE, out_dir=tmp_path / "killed", estimator=est,
-             progress=False, log=lambda *_: None)
+    pretrain(resumed, _samples(tiny_root, name), SCHEDULE, out_dir=tmp_path / "killed",
+             estimator=est, progress=False, log=lambda *_: None)
     a, b = full.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     from readout.backbone import read_checkpoint
@@ -113,7 +118,7 @@ def test_resume_after_a_kill_is_bit_identical(name, tiny_root, tmp_path):
 
 def test_flowe_needs_flow(tiny_root, tmp_path):
     with pytest.raises(ValueError, match="needs flow"):
-        pretrain(_method("flowe"), _pairs(tiny_root), SCHEDULE, out_dir=tmp_path,
+        pretrain(_method("flowe"), _samples(tiny_root), SCHEDULE, out_dir=tmp_path,
                  progress=False, log=lambda *_: None)
     with pytest.raises(KeyError, match="byol_video"):
         get_method_class("simclr")
@@ -125,12 +130,12 @@ def test_views_made_in_a_loader_worker_equal_those_of_the_loop(name, tiny_root):
     exact flow) the same views the loop makes from the frames and flow it is handed."""
     from pretrain.train import StepBatches, _flows, sample_rngs
     method, flow = _method(name), get_estimator("gt")
-    with_views = StepBatches(_pairs(tiny_root), SCHEDULE, view_maker=method.view_maker,
+    with_views = StepBatches(_samples(tiny_root), SCHEDULE, view_maker=method.view_maker,
                              needs_flow=True, flow=flow)
     loader = torch.utils.data.DataLoader(with_views, batch_size=None, num_workers=1,
                                          sampler=[1], multiprocessing_context="spawn")
     (from_worker,) = list(loader)
-    batch = StepBatches(_pairs(tiny_root), SCHEDULE)[1]
+    batch = StepBatches(_samples(tiny_root), SCHEDULE)[1]
     fwd, bwd = _flows(batch, flow)
     in_loop = method.make_views(batch["frames"], sample_rngs(SCHEDULE.seed, 1, batch["samples"]),
                                 flow_fwd=fwd, flow_bwd=bwd)
