@@ -54,7 +54,7 @@ SCHEDULE_RANGES = {
 DATA_RANGES = {"repeats": WHOLE_AT_LEAST_1, "clip_frames": WHOLE_AT_LEAST_1,
                "clip_fps": Range(0, open_low=True)}
 # model values with bounds of their own (others: by the type of the constructor's default)
-MODEL_RANGES = {"ema_base": Range(0, 1), "momentum": Range(0, 1),
+MODEL_RANGES = {"ema_base": Range(0, 1), "momentum": Range(0, 1), "loss_lambda": Range(0, 1),
                 "temperature": Range(0, open_low=True)}
 MODEL_CHOICES = {"decoder_order": DECODER_ORDERS, "colour": tuple(COLOURS),
                  "crop_geometry": CROP_GEOMETRIES, "mask_units": MASK_UNITS}

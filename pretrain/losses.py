@@ -77,3 +77,21 @@ def pixel_consistency_loss(y: torch.Tensor, z: torch.Tensor,
     cos = torch.bmm(y.transpose(1, 2), z)  # [N, M1, M2]
     pos = positive.to(cos.dtype)
     return -2 * ((cos * pos).sum((1, 2)) / (pos.sum((1, 2)) + 1e-6)).mean()
+
+
+def dense_infonce_loss(q: torch.Tensor, k: torch.Tensor, q_feat: torch.Tensor,
+                       k_feat: torch.Tensor, queue: torch.Tensor,
+                       temperature: float) -> torch.Tensor:
+    """DenseCL's dense contrastive loss (Wang et al. 2021, Eq. 2-3; authors'
+    openselfsup/models/densecl.py L196-212): each query cell's positive is the key cell
+    whose backbone feature is most similar (cosine argmax over the key grid), its negatives
+    the dense queue; InfoNCE averaged over every cell of every image.
+
+    q: dense query projections [N, D, S] and k: dense key projections [N, D, S] (S grid
+    cells), both L2-normalised; q_feat / k_feat: backbone features [N, C, S], L2-normalised,
+    for the correspondence only; queue: negative keys [D, K].
+    """
+    match = torch.bmm(q_feat.transpose(1, 2), k_feat).argmax(dim=2)  # [N, S]: key cell
+    positive = torch.gather(k, 2, match[:, None].expand_as(k))  # [N, D, S]
+    queries = q.transpose(1, 2).flatten(0, 1)  # [N S, D]
+    return infonce_loss(queries, positive.transpose(1, 2).flatten(0, 1), queue, temperature)

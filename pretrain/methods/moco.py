@@ -56,11 +56,12 @@ class MoCoV2(Method):
         self.register_buffer("queue", F.normalize(torch.randn(out_dim, queue_size), dim=0))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._ctx: StepContext | None = None
-        self._new_keys: torch.Tensor | None = None
+        self._new_keys: dict[str, torch.Tensor] | None = None  # queue name -> keys
 
     @classmethod
     def check_config(cls, model: dict, schedule: dict, where: str) -> None:
-        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+        defaults = {k: p.default
+                    for k, p in inspect.signature(MoCoV2.__init__).parameters.items()}
         batch = schedule.get("batch_size")
         group = model.get("shuffle_bn_group", defaults["shuffle_bn_group"])
         queue = model.get("queue_size", defaults["queue_size"])
@@ -80,23 +81,29 @@ class MoCoV2(Method):
         h = encoder(x)["res5"].mean(dim=(2, 3))
         return h, head(h)
 
+    def _key_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the key encoder gives for a group of views: the L2-normalised keys."""
+        return {"keys": F.normalize(self._embed(self.key_encoder, self.key_head, x)[1].float(),
+                                    dim=1)}
+
     @torch.no_grad()
-    def _keys(self, x: torch.Tensor) -> torch.Tensor:
-        """Shuffle BN: keys [world * n, D] (L2-normalised) of every process's views, in
-        global sample order."""
+    def _keys(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Shuffle BN: ``_key_outputs`` [world * n, ...] of every process's views, in global
+        sample order."""
         rank, world = rank_world()
         n = len(x)
         if n % self.group:
             raise ValueError(f"model.shuffle_bn_group: {self.group} does not divide the "
                              f"{n} samples of each of the {world} processes")
         everyone = gather_from_ranks(x)
-        order = torch.randperm(len(everyone), generator=self._ctx.generator())
-        mine = everyone[order[rank * n:(rank + 1) * n].to(x.device)]
-        keys = torch.cat([F.normalize(self._embed(self.key_encoder, self.key_head, chunk)[1]
-                                      .float(), dim=1) for chunk in mine.split(self.group)])
-        shuffled = gather_from_ranks(keys)
-        out = torch.empty_like(shuffled)
-        out[order.to(x.device)] = shuffled
+        order = torch.randperm(len(everyone), generator=self._ctx.generator()).to(x.device)
+        mine = everyone[order[rank * n:(rank + 1) * n]]
+        parts = [self._key_outputs(chunk) for chunk in mine.split(self.group)]
+        out = {}
+        for name in parts[0]:
+            shuffled = gather_from_ranks(torch.cat([p[name] for p in parts]))
+            out[name] = torch.empty_like(shuffled)
+            out[name][order] = shuffled
         return out
 
     def losses(self, views: dict) -> dict[str, torch.Tensor]:
@@ -104,8 +111,8 @@ class MoCoV2(Method):
             raise RuntimeError("moco_v2: before_step() was not called (the loop's contract)")
         v1, v2 = views["view1"], views["view2"]
         rank, n = rank_world()[0], len(v1)
-        keys = self._keys(v2)
-        self._new_keys = keys
+        keys = self._keys(v2)["keys"]
+        self._new_keys = {"queue": keys}
         h, z = self._embed(self.encoder, self.head, v1)
         self.observe(projections=z, embeddings=h)
         q = F.normalize(z.float(), dim=1)
@@ -118,10 +125,12 @@ class MoCoV2(Method):
         the next forward pass: the same values), then enqueue this step's keys."""
         ema_update(self.key_encoder, self.encoder, self.momentum)
         ema_update(self.key_head, self.head, self.momentum)
-        keys, self._new_keys = self._new_keys, None
-        if keys is not None:
+        new, self._new_keys = self._new_keys, None
+        if new is not None:
             size = self.queue.shape[1]
-            slots = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % size
-            self.queue[:, slots] = keys.T.to(self.queue.dtype)
-            self.queue_ptr.fill_((int(self.queue_ptr) + len(keys)) % size)
+            n = len(next(iter(new.values())))
+            slots = (self.queue_ptr + torch.arange(n, device=self.queue.device)) % size
+            for name, keys in new.items():  # every queue gets one key per sample
+                getattr(self, name)[:, slots] = keys.T.to(self.queue.dtype)
+            self.queue_ptr.fill_((int(self.queue_ptr) + n) % size)
         return {}

@@ -53,15 +53,21 @@ def test_two_processes_match_one_process_with_the_same_global_batch(name, runs):
     load = lambda run: torch.load(runs / name / run / "pretrain_state.pth",  # noqa: E731
                                   weights_only=True)
     ddp, single = load("ddp"), load("single")
-    assert [c["loss"] for c in ddp["curve"]] == pytest.approx(
-        [c["loss"] for c in single["curve"]], rel=1e-3)
+    # step 1: the same weights, only the reduction order differs; later steps inherit the
+    # first update's rounding noise (measured: DenseCL's step 2 differs by 0.4 %, its
+    # queues by 5e-5, after encoder weights 0.15 % apart; MoCo v2's by 0.03 %)
+    losses = [[c["loss"] for c in run["curve"]] for run in (ddp, single)]
+    assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-4)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-2)
     # weights and BatchNorm statistics, online and target, as one vector: float32 reduction
     # order differs between the runs and AdamW's first step is lr * sign(g) for gradients
     # that are rounding noise, so single tensors may differ; the whole must not
     # (per-process BatchNorm statistics give relative differences above 1)
-    if "queue" in single["method"]:  # MoCo: keys gathered from both processes, in order
+    if "queue" in single["method"]:  # MoCo, DenseCL: keys gathered from both processes
         assert torch.equal(ddp["method"]["queue_ptr"], single["method"]["queue_ptr"])
-        assert torch.allclose(ddp["method"]["queue"], single["method"]["queue"], atol=1e-4)
+        for queue in ("queue", "queue2"):
+            if queue in single["method"]:
+                assert torch.allclose(ddp["method"][queue], single["method"][queue], atol=1e-4)
     # BatchNorm statistics of modules the method keeps per process (MoCo's shuffle-BN key
     # encoder) are each process's own, as in the authors' code
     local = METHODS[name].local_batchnorm

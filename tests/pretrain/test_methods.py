@@ -79,17 +79,23 @@ def test_online_target_methods_move_every_target_by_ema_after_the_step(name, tin
                                   rtol=1e-6, atol=1e-7), (t, k)
 
 
-def test_moco_v2_has_no_predictor_and_enqueues_a_batch_of_unit_keys(tiny_root, tmp_path):
-    method = _method("moco_v2")
+@pytest.mark.parametrize("name", ["moco_v2", "densecl"])
+def test_moco_methods_have_no_predictor_and_enqueue_a_batch_of_unit_keys(name, tiny_root,
+                                                                         tmp_path):
+    method = _method(name)
     assert not hasattr(method, "predictor") and not hasattr(method, "target_encoder")
-    queue0, key0 = method.queue.clone(), _parameters(method.key_encoder, trainable=False)
+    queues = [q for q in ("queue", "queue2") if hasattr(method, q)]
+    assert len(queues) == (2 if name == "densecl" else 1)
+    before = {q: getattr(method, q).clone() for q in queues}
+    key0 = _parameters(method.key_encoder, trainable=False)
     _run(method, tiny_root, tmp_path, stop_after=1)
     batch, m = SCHEDULE.batch_size, method.momentum
     assert int(method.queue_ptr) == batch
-    new = method.queue[:, :batch]
-    assert not torch.allclose(new, queue0[:, :batch])
-    assert torch.allclose(new.norm(dim=0), torch.ones(batch), atol=1e-5)
-    assert torch.equal(method.queue[:, batch:], queue0[:, batch:])
+    for q in queues:
+        new = getattr(method, q)[:, :batch]
+        assert not torch.allclose(new, before[q][:, :batch])
+        assert torch.allclose(new.norm(dim=0), torch.ones(batch), atol=1e-5)
+        assert torch.equal(getattr(method, q)[:, batch:], before[q][:, batch:])
     online = dict(method.encoder.named_parameters())
     for k, p in method.key_encoder.named_parameters():
         assert torch.allclose(p, m * key0[k] + (1 - m) * online[k], rtol=1e-6, atol=1e-7), k

@@ -1,0 +1,77 @@
+"""DenseCL (Wang et al. 2021, "Dense Contrastive Learning for Self-Supervised Visual
+Pre-Training"), as the authors' code WXinlong/DenseCL trains it (openselfsup/models/
+densecl.py, necks.py DenseCLNeck, configs/selfsup/densecl/densecl_coco_800ep.py): MoCo v2
+with a dense branch.
+
+- Neck: MoCo v2's global MLP (pooled res5 -> 2048 -> ReLU -> 128) and a dense head of 1x1
+  convolutions (res5 -> 2048 -> ReLU -> 128 per cell), no BatchNorm, no shared weights; both
+  have momentum copies in the key encoder (m = 0.999).
+- Dense loss (Eq. 2-3): each query cell's positive is the key cell with the most similar
+  backbone feature (``dense_infonce_loss``); its negatives a second queue of 65,536 keys,
+  one per image: the L2-normalised mean of the key's dense grid (densecl.py L178, L217).
+- Loss: (1 - lambda) global InfoNCE + lambda dense, lambda = 0.5 (densecl.py L213-214),
+  temperature 0.2; one direction (view 1 queries, view 2 keys) with shuffle BN, as MoCo.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.runtime import rank_world
+
+from ..losses import dense_infonce_loss, infonce_loss
+from ..optim import ema_update
+from .base import StepContext, momentum_copy, register_method
+from .moco import MoCoV2
+
+
+@register_method("densecl")
+class DenseCL(MoCoV2):
+    local_batchnorm = ("key_encoder", "key_head", "key_dense_head")
+
+    def __init__(self, *, loss_lambda: float = 0.5, **kw):
+        super().__init__(**kw)
+        channels, hidden = self.encoder.channels["res5"], self.head[0].out_features
+        out_dim = self.head[-1].out_features
+        self.dense_head = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True),
+                                        nn.Conv2d(hidden, out_dim, 1))
+        self.key_dense_head = momentum_copy(self.dense_head)
+        self.register_buffer("queue2", F.normalize(torch.randn(out_dim, self.queue.shape[1]),
+                                                   dim=0))
+        self.loss_lambda = loss_lambda
+
+    def _key_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        res5 = self.key_encoder(x)["res5"]
+        grid = self.key_dense_head(res5).flatten(2).float()  # [n, D, S]
+        return {"keys": F.normalize(self.key_head(res5.mean(dim=(2, 3))).float(), dim=1),
+                "dense": F.normalize(grid, dim=1),
+                "dense_mean": F.normalize(grid.mean(dim=2), dim=1),
+                "feat": F.normalize(res5.flatten(2).float(), dim=1)}
+
+    def losses(self, views: dict) -> dict[str, torch.Tensor]:
+        if self._ctx is None:
+            raise RuntimeError("densecl: before_step() was not called (the loop's contract)")
+        v1, v2 = views["view1"], views["view2"]
+        rank, n = rank_world()[0], len(v1)
+        everyone = self._keys(v2)  # the queues take the keys of every process
+        keys = {k: v[rank * n:(rank + 1) * n] for k, v in everyone.items()}
+        res5 = self.encoder(v1)["res5"]
+        h = res5.mean(dim=(2, 3))
+        z = self.head(h)
+        self.observe(projections=z, embeddings=h)
+        q = F.normalize(z.float(), dim=1)
+        q_dense = F.normalize(self.dense_head(res5).flatten(2).float(), dim=1)
+        q_feat = F.normalize(res5.flatten(2).float(), dim=1)
+        self._new_keys = {"queue": everyone["keys"], "queue2": everyone["dense_mean"]}
+        lam = self.loss_lambda
+        return {"loss_global": (1 - lam) * infonce_loss(q, keys["keys"], self.queue,
+                                                        self.temperature),
+                "loss_dense": lam * dense_infonce_loss(q_dense, keys["dense"], q_feat,
+                                                       keys["feat"], self.queue2,
+                                                       self.temperature)}
+
+    @torch.no_grad()
+    def after_step(self, ctx: StepContext) -> dict[str, float]:
+        ema_update(self.key_dense_head, self.dense_head, self.momentum)
+        return super().after_step(ctx)
