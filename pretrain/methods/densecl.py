@@ -18,9 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.runtime import rank_world
-
-from ..losses import dense_infonce_loss, infonce_loss
+from ..losses import dense_infonce_loss
 from ..optim import ema_update
 from .base import StepContext, momentum_copy, register_method
 from .moco import MoCoV2
@@ -50,23 +48,13 @@ class DenseCL(MoCoV2):
                 "feat": F.normalize(res5.flatten(2).float(), dim=1)}
 
     def losses(self, views: dict) -> dict[str, torch.Tensor]:
-        if self._ctx is None:
-            raise RuntimeError("densecl: before_step() was not called (the loop's contract)")
-        v1, v2 = views["view1"], views["view2"]
-        rank, n = rank_world()[0], len(v1)
-        everyone = self._keys(v2)  # the queues take the keys of every process
-        keys = {k: v[rank * n:(rank + 1) * n] for k, v in everyone.items()}
-        res5 = self.encoder(v1)["res5"]
-        h = res5.mean(dim=(2, 3))
-        z = self.head(h)
-        self.observe(projections=z, embeddings=h)
-        q = F.normalize(z.float(), dim=1)
+        everyone, keys = self._own_keys(views["view2"])
+        self._new_keys = {"queue": everyone["keys"], "queue2": everyone["dense_mean"]}
+        res5 = self.encoder(views["view1"])["res5"]
         q_dense = F.normalize(self.dense_head(res5).flatten(2).float(), dim=1)
         q_feat = F.normalize(res5.flatten(2).float(), dim=1)
-        self._new_keys = {"queue": everyone["keys"], "queue2": everyone["dense_mean"]}
         lam = self.loss_lambda
-        return {"loss_global": (1 - lam) * infonce_loss(q, keys["keys"], self.queue,
-                                                        self.temperature),
+        return {"loss_global": (1 - lam) * self._global_loss(res5, keys["keys"]),
                 "loss_dense": lam * dense_infonce_loss(q_dense, keys["dense"], q_feat,
                                                        keys["feat"], self.queue2,
                                                        self.temperature)}

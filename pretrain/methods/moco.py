@@ -106,18 +106,28 @@ class MoCoV2(Method):
             out[name][order] = shuffled
         return out
 
-    def losses(self, views: dict) -> dict[str, torch.Tensor]:
+    def _own_keys(self, x: torch.Tensor) -> tuple[dict, dict]:
+        """The key outputs of every process (for the queues) and of this process's views."""
         if self._ctx is None:
-            raise RuntimeError("moco_v2: before_step() was not called (the loop's contract)")
-        v1, v2 = views["view1"], views["view2"]
-        rank, n = rank_world()[0], len(v1)
-        keys = self._keys(v2)["keys"]
-        self._new_keys = {"queue": keys}
-        h, z = self._embed(self.encoder, self.head, v1)
+            raise RuntimeError(f"{self.name}: before_step() was not called (the loop's "
+                               f"contract)")
+        everyone = self._keys(x)
+        rank, n = rank_world()[0], len(x)
+        return everyone, {k: v[rank * n:(rank + 1) * n] for k, v in everyone.items()}
+
+    def _global_loss(self, res5: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """MoCo Eq. 1 for the queries of the res5 maps [n, C, h, w] against their keys."""
+        h = res5.mean(dim=(2, 3))
+        z = self.head(h)
         self.observe(projections=z, embeddings=h)
         q = F.normalize(z.float(), dim=1)
-        k = keys[rank * n:(rank + 1) * n]
-        return {"loss_infonce": infonce_loss(q, k, self.queue, self.temperature)}
+        return infonce_loss(q, keys, self.queue, self.temperature)
+
+    def losses(self, views: dict) -> dict[str, torch.Tensor]:
+        everyone, keys = self._own_keys(views["view2"])
+        self._new_keys = {"queue": everyone["keys"]}
+        return {"loss_infonce": self._global_loss(self.encoder(views["view1"])["res5"],
+                                                  keys["keys"])}
 
     @torch.no_grad()
     def after_step(self, ctx: StepContext) -> dict[str, float]:
