@@ -1,4 +1,5 @@
-"""`bench flow precompute | info | show`: the compact flow cache and a picture of a pair."""
+"""`bench flow precompute | trajectories | info | show`: the compact flow cache, PiCO's
+trajectory store and a picture of a pair."""
 from __future__ import annotations
 
 import json
@@ -28,8 +29,30 @@ def register(sub) -> None:
     p.add_argument("--workers", type=at_least(1), default=1, help="processes over videos")
     p.set_defaults(func=cmd_precompute)
 
-    p = fsub.add_parser("info", help="size, compression and quantization error of a cache")
-    p.add_argument("cache")
+    p = fsub.add_parser("trajectories",
+                        help="track points through every video into a trajectory store (PiCO)")
+    _video_args(p)
+    p.add_argument("--out", required=True, help="store folder (re-running resumes it)")
+    p.add_argument("--cache", default=None,
+                   help="read the flow from this flow cache (made with --dt S --every S for "
+                        "--stride S) instead of estimating it")
+    p.add_argument("--points", type=at_least(1), default=1000,
+                   help="start points per video, uniform in space and time (default 1000, "
+                        "PiCO App. A.1)")
+    p.add_argument("--stride", type=at_least(1), default=1,
+                   help="track between frames this far apart (default 1: every frame)")
+    p.add_argument("--delta-max", type=float, default=32.0,
+                   help="stop a point once |w + w_hat|^2 >= this (default 32 px^2); any "
+                        "delta up to it can be applied later (PiCO uses 4, Eq. 3)")
+    p.add_argument("--seed", type=int, default=0, help="start points' seed")
+    p.add_argument("--workers", type=at_least(1), default=1, help="processes over videos")
+    p.set_defaults(func=cmd_trajectories)
+
+    p = fsub.add_parser("info", help="a flow cache's size, compression and quantization "
+                                     "error, or a trajectory store's size and track lengths")
+    p.add_argument("cache", metavar="FOLDER")
+    p.add_argument("--delta", type=float, default=4.0,
+                   help="trajectory store: Eq. 3's delta for the track lengths (default 4)")
     p.set_defaults(func=cmd_info)
 
     p = fsub.add_parser("show", help="PNG: frames, flow, consistency mask, warp error")
@@ -126,8 +149,56 @@ def _print_info(info: dict) -> None:
 
 def cmd_info(args) -> int:
     from pretrain.flow.cache import FlowCache
-    _print_info(FlowCache(args.cache).info())
+    from pretrain.flow.trajectory_store import SPEC
+    if (Path(args.cache) / SPEC).is_file():
+        _print_store_info(_store(args.cache).info(delta=args.delta))
+    else:
+        _print_info(FlowCache(args.cache).info())
     return 0
+
+
+def _store(root):
+    from pretrain.flow.trajectory_store import TrajectoryStore
+    try:
+        return TrajectoryStore(root)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def cmd_trajectories(args) -> int:
+    from pretrain.flow.trajectory_store import build_store
+    if args.delta_max <= 0:
+        raise UserError(f"--delta-max must be > 0, got {args.delta_max}")
+    source = _source(args)
+    kwargs = {} if args.cache else {"estimator": args.estimator,
+                                    "estimator_kwargs": _estimator_kwargs(args)}
+    try:
+        results = build_store(source, args.out, cache=args.cache, points=args.points,
+                              stride=args.stride, delta_max=args.delta_max, seed=args.seed,
+                              workers=args.workers, **kwargs)
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    bad = {k: v for k, v in results.items() if isinstance(v, str) and v.startswith("skipped")}
+    before = sum(v == "cached before" for v in results.values())
+    print(f"tracked {len(results) - len(bad) - before} new and {before} earlier of "
+          f"{len(source)} videos into {args.out}; {len(bad)} skipped")
+    for name, why in bad.items():
+        print(f"  {name}: {why}")
+    _print_store_info(_store(args.out).info())
+    return 0
+
+
+def _print_store_info(info: dict) -> None:
+    flow = info["flow"]
+    print(f"flow {flow.get('cache', flow['estimator'])} ({flow['estimator']}), stride "
+          f"{info['stride']} frames, {info['points']} points per video, seed {info['seed']}, "
+          f"delta_max {info['delta_max']:g}")
+    print(f"{info['videos']} videos, {info['bytes'] / 2**20:.2f} MiB "
+          f"({info['bytes_per_video'] / 1024:.1f} KiB and {info['seconds_per_video']:.2f} s "
+          f"per video)")
+    stops = ", ".join(f"{k} {v}" for k, v in info["stops"].items())
+    print(f"with gamma 0, delta {info['delta']:g}: {info['tracks']} tracks, "
+          f"{info['mean_frames']:.1f} frames on average; stored tracks ended: {stops}")
 
 
 def cmd_show(args) -> int:

@@ -152,31 +152,47 @@ def flow_between(scene: S.Scene, a: Render, b: Render) -> tuple[np.ndarray, np.n
     occlusion bool[H, W] (True where p has no correspondence in b: hidden, or out of view).
     """
     H, W = a.prim.shape
-    cam_b = b.camera
     u, v = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
-    u2, v2 = np.empty_like(u), np.empty_like(v)
-    z2 = np.full_like(u, np.inf)
     sky = a.prim == SKY_ID
-    u2[sky], v2[sky], z2[sky] = cam_b.project_directions(a.camera.rays[sky])
+    points = a.camera.rays.copy()
+    points[~sky] = a.camera.center + a.depth[~sky][:, None] * a.camera.rays[~sky]
+    u2, v2, visible = follow(scene, a.time, points.reshape(-1, 3), a.prim.reshape(-1), b)
+    flow = np.stack([u2.reshape(H, W) - u, v2.reshape(H, W) - v], -1).astype(np.float32)
+    return flow, ~visible.reshape(H, W)
+
+
+def follow(scene: S.Scene, time: float, points: np.ndarray, prim: np.ndarray,
+           b: Render) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where surface points seen at `time` are in render `b`, and whether `b` sees them.
+
+    points float64[M, 3]: world positions at `time` (for prim SKY_ID: ray directions, points
+    at infinity); prim int[M]: the primitive each lies on (boxes move with their velocity).
+    Returns u, v float64[M] (pixels) and visible bool[M]: in view, not hidden by its own box
+    (checked exactly by casting a ray at it) and not covered by anything nearer in `b`.
+    """
+    H, W = b.prim.shape
+    cam_b = b.camera
+    u2, v2 = np.empty(len(prim)), np.empty(len(prim))
+    z2 = np.full(len(prim), np.inf)
+    sky = prim == SKY_ID
+    u2[sky], v2[sky], z2[sky] = cam_b.project_directions(points[sky])
 
     solid = ~sky
-    pts = a.camera.center + a.depth[solid][:, None] * a.camera.rays[solid]
-    pid = a.prim[solid]
+    pid = prim[solid]
     boxes = scene.boxes
     vel = np.zeros((len(pid), 3))
     on_box = pid > 0
     vel[on_box] = boxes.vel[pid[on_box] - 1]
-    moved = pts + vel * (b.time - a.time)
+    moved = points[solid] + vel * (b.time - time)
     u2[solid], v2[solid], z2[solid] = cam_b.project(moved)
 
-    flow = np.stack([u2 - u, v2 - v], -1).astype(np.float32)
     in_view = (z2 > NEAR) & (u2 >= -0.5) & (u2 <= W - 0.5) & (v2 >= -0.5) & (v2 <= H - 0.5)
     ri = np.clip(np.rint(v2), 0, H - 1).astype(np.int64)
     ci = np.clip(np.rint(u2), 0, W - 1).astype(np.int64)
     seen_prim = b.prim[ri, ci]
     seen_depth = b.depth[ri, ci]
 
-    visible = np.zeros((H, W), bool)
+    visible = np.zeros(len(prim), bool)
     visible[sky] = seen_prim[sky] == SKY_ID
     # a point of a convex box is hidden by its own box iff a ray at it enters earlier
     self_visible = np.ones(len(pid), bool)
@@ -189,5 +205,4 @@ def flow_between(scene: S.Scene, a: Render, b: Render) -> tuple[np.ndarray, np.n
     zs = z2[solid]
     unobstructed = (seen_prim[solid] == pid) | (seen_depth[solid] >= zs * (1 - 1e-3))
     visible[solid] = self_visible & unobstructed
-    occlusion = ~(visible & in_view)
-    return flow, occlusion
+    return u2, v2, visible & in_view

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .render import Render, flow_between, render
+from .render import GROUND_ID, Render, flow_between, follow, render
 from .scene import Scene, make_scene
 
 FOCAL_OVER_WIDTH = 0.75  # horizontal field of view of about 67 degrees
@@ -153,6 +153,49 @@ class SyntheticWorld:
                 "instance1": a.instance, "instance2": b.instance,
                 "depth1": a.depth.astype(np.float32), "depth2": b.depth.astype(np.float32),
                 "time1": a.time, "time2": b.time, "video": spec.name}
+
+    def point_tracks(self, video: int | str, t: int, xy: np.ndarray,
+                     frames: list[int]) -> dict:
+        """The true positions in `frames` of the surface points seen at pixels xy [M, 2]
+        (x, y, sub-pixel) of frame t: the exact ray through each pixel meets the face its
+        pixel shows, and that point moves with its primitive.
+
+        Returns ``xy`` float64[M, F, 2], ``visible`` bool[M, F] (in view and not hidden) and
+        ``defined`` bool[M]: False where the pixels around a point show more than one face
+        (an edge: which surface the point lies on is not known).
+        """
+        spec = self.video(video)
+        size = self.preset.video_size
+        a = self._render("video", spec.split, spec.index, t / self.fps, size)
+        scene = self._scene("video", spec.split, spec.index)
+        xy = np.asarray(xy, np.float64)
+        H, W = a.prim.shape
+        x0 = np.clip(np.floor(xy[:, 0]).astype(int), 0, W - 2)
+        y0 = np.clip(np.floor(xy[:, 1]).astype(int), 0, H - 2)
+        corners = [(y0 + dy, x0 + dx) for dy in (0, 1) for dx in (0, 1)]
+        prim, face = a.prim[corners[0]], a.face[corners[0]]
+        defined = np.all([(a.prim[c] == prim) & (a.face[c] == face) for c in corners], 0)
+        cam = a.camera
+        local = np.stack([(xy[:, 0] - cam.cx) / cam.focal, -(xy[:, 1] - cam.cy) / cam.focal,
+                          np.ones(len(xy))], -1)
+        ray = local @ cam.rotation.T
+        points = ray.copy()  # sky: a direction
+        ground = prim == GROUND_ID
+        points[ground] = cam.center + (-cam.center[1] / ray[ground, 1])[:, None] * ray[ground]
+        box = prim > 0
+        if box.any():
+            lo, hi = scene.boxes.at(a.time)
+            axis, f = face[box] // 2, face[box]
+            plane = np.where(f % 2 == 1, hi[prim[box] - 1, axis], lo[prim[box] - 1, axis])
+            depth = (plane - cam.center[axis]) / ray[box, axis]
+            points[box] = cam.center + depth[:, None] * ray[box]
+        out_xy = np.empty((len(xy), len(frames), 2))
+        visible = np.empty((len(xy), len(frames)), bool)
+        for j, f in enumerate(frames):
+            b = self._render("video", spec.split, spec.index, f / self.fps, size)
+            u, v, visible[:, j] = follow(scene, a.time, points, prim, b)
+            out_xy[:, j] = np.stack([u, v], -1)
+        return {"xy": out_xy, "visible": visible, "defined": defined}
 
     # -- labelled still images ------------------------------------------------------------
     def labelled_image(self, dataset: str, split: str, index: int) -> dict:

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from core.io import atomic_path, remove_stale_temporaries
+from .per_video import claim_folder, map_videos, process_estimator, write_atomic
 
 OFFSET = 32768
 # zlib level of the PNGs, chosen by `python -m benchmarks.speed.flow --levels 1 3 6 9`
@@ -52,11 +52,6 @@ def decode(data: bytes | np.ndarray, step: float) -> tuple[torch.Tensor, torch.T
         raise ValueError("not a flow cache PNG (16-bit, 4 channels)")
     flow = torch.from_numpy((q.astype(np.float32) - OFFSET) * step).permute(2, 0, 1)
     return flow[:2].contiguous(), flow[2:].contiguous()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
 
 
 class FlowCache:
@@ -129,7 +124,7 @@ def cache_video(source, index: int, root: Path, *, estimator, estimator_name: st
         bwd = estimator(b, a, **{**meta, "frames1": meta["frames2"], "frames2": meta["frames1"]})
         for (t1, t2), f, g in zip(chunk, fwd, bwd):
             png, err = encode(f, g, step)
-            _atomic_write(out / f"{t1}_{t2}.png", png)
+            write_atomic(out / f"{t1}_{t2}.png", png)
             total += len(png)
             errors.append(err)
     h, w = info.height, info.width
@@ -139,25 +134,17 @@ def cache_video(source, index: int, root: Path, *, estimator, estimator_name: st
             "max_abs_error_px": max((e["max_abs_error_px"] for e in errors), default=0.0),
             "mean_epe_px": float(np.mean([e["mean_epe_px"] for e in errors])) if errors else 0.0,
             "clipped": sum(e["clipped"] for e in errors)}
-    _atomic_write(out / "meta.json", json.dumps(meta).encode())
+    write_atomic(out / "meta.json", json.dumps(meta).encode())
     return meta
-
-
-_ESTIMATORS: dict[str, object] = {}  # one estimator per process (RAFT loads its weights once)
 
 
 def _worker(args) -> tuple[str, dict | str]:
     source, index, root, name, kwargs, dts, every, step = args
-    from . import get_estimator
     from ..data.video import VideoError
     try:
-        key = f"{name}:{sorted(kwargs.items())}"
-        if key not in _ESTIMATORS:
-            _ESTIMATORS[key] = get_estimator(name, **kwargs)
-        est = _ESTIMATORS[key]
-        return source.name(index), cache_video(source, index, root, estimator=est,
-                                               estimator_name=name, dts=dts, every=every,
-                                               step=step)
+        return source.name(index), cache_video(
+            source, index, root, estimator=process_estimator(name, kwargs),
+            estimator_name=name, dts=dts, every=every, step=step)
     except VideoError as e:
         return source.name(index), f"skipped: {e}"
 
@@ -167,40 +154,14 @@ def precompute(source, root, *, estimator: str, estimator_kwargs: dict | None = 
                progress: bool = True) -> dict:
     """Cache every video of `source` under `root`, `workers` processes in parallel; videos
     already cached are skipped. Returns {video name: meta or "skipped: why"}."""
-    from tqdm import tqdm
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     spec = {"estimator": estimator, "dts": list(dts), "every": every, "step": step,
             "format": "flowssl-flowcache/1"}
     # RAFT's weights and iterations change the flow: a cache holds one setting
     spec.update({k: v for k, v in (estimator_kwargs or {}).items()
                  if k in ("release", "iterations")})
-    spec_path = root / "cache.json"
-    if spec_path.is_file():
-        old = json.loads(spec_path.read_text())
-        if {k: old.get(k) for k in spec} != spec:
-            raise ValueError(f"{root} holds a cache made with {old}; asked {spec}: use "
-                             f"another --out")
-    _atomic_write(spec_path, json.dumps(spec).encode())
-    remove_stale_temporaries(root, recursive=True)
+    claim_folder(root, "cache.json", spec)
     cached = {i for i in range(len(source)) if (root / source.name(i) / "meta.json").is_file()}
-    done = {source.name(i): "cached before" for i in cached}
-    done.update({source.name(i): f"skipped: {source.skipped[str(source.items[i])]}"
-                 for i in range(len(source)) if source.is_bad(i) and i not in cached})
-    todo = [i for i in range(len(source)) if source.name(i) not in done]
-    jobs = [(source, i, root, estimator, estimator_kwargs or {}, list(dts), every, step)
-            for i in todo]
-    bar = tqdm(total=len(jobs), desc=f"flow ({estimator})", disable=not progress)
-    if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-        with mp.get_context("spawn").Pool(workers) as pool:
-            for name, result in pool.imap_unordered(_worker, jobs):
-                done[name] = result
-                bar.update(1)
-    else:
-        for job in jobs:
-            name, result = _worker(job)
-            done[name] = result
-            bar.update(1)
-    bar.close()
-    return done
+    return map_videos(source, cached, _worker,
+                      (root, estimator, estimator_kwargs or {}, list(dts), every, step),
+                      workers=workers, desc=f"flow ({estimator})", progress=progress)

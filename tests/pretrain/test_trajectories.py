@@ -65,3 +65,16 @@ def test_anchor_sampling_picks_frames_with_most_far_endpoints():
     assert counts[frames[0]] == max(counts.values())
     a, b = point_pairs(traj, 2, 4)
     assert a.shape == b.shape == (3, 2)
+
+
+def test_anchor_sampling_keeps_the_frames_with_most_far_endpoints_on_a_constructed_case():
+    # trajectories (start, end) around anchor 5; the furthest endpoint of each active one:
+    # (0, 9) -> 0, (1, 9) -> 9 (a tie goes to the end), (2, 9) -> 9, (4, 9) -> 9,
+    # (5, 7) -> 7, (3, 6) -> 3; (7, 8) is not active on 5
+    start = torch.tensor([0, 1, 2, 4, 5, 3, 7])
+    end = torch.tensor([9, 9, 9, 9, 7, 6, 8])
+    traj = Trajectories(points=torch.zeros(7, 10, 2), start=start, end=end)
+    rng = np.random.default_rng(0)
+    assert anchor_sampling(traj, 1, rng, anchor=5) == (5, [9])
+    assert anchor_sampling(traj, 3, rng, anchor=5) == (5, [9, 0, 3])  # ties: earlier frame
+    assert anchor_sampling(traj, 9, rng, anchor=5) == (5, [9, 0, 3, 7])  # only frames with any
