@@ -6,7 +6,9 @@ from `pretrain`. A ``torch.save``d dict of tensors and plain values (read with
     arch        resnet18 | resnet34 | resnet50 | resnet101
     state_dict  torchvision ResNet keys (no fc)
     decoder     None, or {"kind": "sdm", "order": "authors" | "paper", "state_dict": {...}}
-                (PooDLe's spatial decoder; no "order": "paper", see core.decoders)
+                (PooDLe's spatial decoder; no "order": "paper", see core.decoders), or
+                {"kind": "fpn", "strides": [4, 8, 16, 32], "state_dict": {...}} (PiCO's
+                semantic FPN: 128-d map at stride 4)
     meta        method, pretrain_data, epochs, iterations, config, git_sha, mlflow_run_id,
                 created (+ e.g. imported_from)
 """

@@ -17,8 +17,21 @@ travels with the weights: a checkpoint's decoder entry says which one it was tra
 For ResNet-50: res5 (2048, /32) -> + res4 (1024 -> 2048, /16) -> + res3 (512 -> 2048, /8).
 State-dict names (``laterals.i``, ``blocks.i.conv1..bn3``) are the checkpoint contract's;
 the readout rebuilds the module from their shapes.
+
+PiCO's decoder (Sec. 3.4: a dense 128-d map at 1/4 resolution) is the semantic branch of
+Panoptic FPN (Kirillov et al. 2019, Sec. 3), as detectron2 builds it (``FPN`` in
+modeling/backbone/fpn.py, ``SemSegFPNHead`` in modeling/meta_arch/semantic_seg.py, the
+default config PiCO App. A.2 starts from): an FPN over res2-res5 (1x1 laterals and 3x3
+outputs to 256 channels, nearest 2x top-down sum, Caffe2 Xavier init), then per level
+3x3 conv-GroupNorm(32)-ReLU stages with 2x bilinear upsampling down to stride 4 (one conv
+for P2), summed; no predictor (the checkpoint's "fpn" decoder ends at the 128-d map).
+
+``DECODERS`` maps a checkpoint decoder entry's ``kind`` to its class; the readout names the
+decoder's output feature by that kind.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -110,3 +123,88 @@ class SpatialDecoder(nn.Module):
                                         align_corners=False))
             x = x + lateral(s)
         return x
+
+
+def _c2_xavier_fill(conv: nn.Conv2d) -> nn.Conv2d:
+    """detectron2 ``c2_xavier_fill``: kaiming uniform with a = 1, bias 0."""
+    nn.init.kaiming_uniform_(conv.weight, a=1)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
+class SemanticFPN(nn.Module):
+    """FPN + Panoptic FPN semantic branch -> [B, conv_dims, H/4, W/4] (see module docs)."""
+    levels = ("res2", "res3", "res4", "res5")
+
+    def __init__(self, *, in_channels=(256, 512, 1024, 2048), in_strides=(4, 8, 16, 32),
+                 fpn_channels: int = 256, conv_dims: int = 128, common_stride: int = 4):
+        super().__init__()
+        if len(in_channels) != len(self.levels) or len(in_strides) != len(self.levels):
+            raise ValueError(f"SemanticFPN reads {', '.join(self.levels)}")
+        self.strides = tuple(int(s) for s in in_strides)
+        self.common_stride, self.channels = common_stride, conv_dims
+        self.laterals = nn.ModuleList(_c2_xavier_fill(nn.Conv2d(c, fpn_channels, 1))
+                                      for c in in_channels)
+        self.outputs = nn.ModuleList(_c2_xavier_fill(nn.Conv2d(fpn_channels, fpn_channels, 3,
+                                                               padding=1))
+                                     for _ in in_channels)
+        self.scale_heads = nn.ModuleList()
+        for stride in self.strides:
+            n = max(1, round(math.log2(stride) - math.log2(common_stride)))
+            layers = []
+            for k in range(n):
+                conv = nn.Conv2d(fpn_channels if k == 0 else conv_dims, conv_dims, 3,
+                                 padding=1, bias=False)
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+                layers += [conv, nn.GroupNorm(32, conv_dims), nn.ReLU(inplace=True)]
+                if stride != common_stride:
+                    layers.append(nn.Upsample(scale_factor=2, mode="bilinear",
+                                              align_corners=False))
+            self.scale_heads.append(nn.Sequential(*layers))
+
+    @classmethod
+    def for_trunk(cls, shapes: dict[str, ShapeSpec], **kw) -> "SemanticFPN":
+        return cls(in_channels=tuple(shapes[s].channels for s in cls.levels),
+                   in_strides=tuple(shapes[s].stride for s in cls.levels), **kw)
+
+    def checkpoint_entry(self) -> dict:
+        return {"kind": "fpn", "strides": list(self.strides),
+                "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
+
+    @classmethod
+    def from_checkpoint_entry(cls, entry: dict) -> "SemanticFPN":
+        state = entry["state_dict"]
+        if "laterals.3.weight" not in state or "scale_heads.0.0.weight" not in state:
+            raise ValueError("not a semantic-FPN state dict (no laterals.* / scale_heads.*)")
+        return cls(in_channels=tuple(state[f"laterals.{i}.weight"].shape[1] for i in range(4)),
+                   in_strides=tuple(entry.get("strides", (4, 8, 16, 32))),
+                   fpn_channels=state["laterals.0.weight"].shape[0],
+                   conv_dims=state["scale_heads.0.0.weight"].shape[0])
+
+    def output_shape(self, backbone_shape: dict[str, ShapeSpec]) -> ShapeSpec:
+        return ShapeSpec(self.channels, self.common_stride)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        xs = [features[name] for name in self.levels]
+        top = self.laterals[-1](xs[-1])
+        pyramid = [self.outputs[-1](top)]
+        for i in range(len(xs) - 2, -1, -1):  # detectron2 FPN: nearest 2x, then add
+            top = F.interpolate(top, scale_factor=2, mode="nearest") + self.laterals[i](xs[i])
+            pyramid.insert(0, self.outputs[i](top))
+        out = self.scale_heads[0](pyramid[0])
+        for head, p in zip(self.scale_heads[1:], pyramid[1:]):
+            out = out + head(p)
+        return out
+
+
+DECODERS = {"sdm": SpatialDecoder, "fpn": SemanticFPN}
+
+
+def decoder_from_entry(entry: dict) -> nn.Module:
+    """The module a checkpoint's decoder entry describes (weights not loaded: the caller
+    loads them with its exact-key check). An unknown kind lists the known ones."""
+    kind = entry.get("kind")
+    if kind not in DECODERS:
+        raise ValueError(f"unknown decoder kind {kind!r}; known: {', '.join(DECODERS)}")
+    return DECODERS[kind].from_checkpoint_entry(entry)

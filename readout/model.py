@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.decoders import SpatialDecoder
+from core.decoders import decoder_from_entry
 from core.runtime import autocast
 
 from .backbone import build_backbone, load_state_dict_exact
@@ -35,9 +35,11 @@ def pixel_loss(logits: torch.Tensor, labels: torch.Tensor, *, loss: str = "cross
 
 class SegmentationReadout(nn.Module):
     def __init__(self, *, backbone: nn.Module, head: nn.Module,
-                 decoder: nn.Module | None = None, train_backbone: bool = False):
+                 decoder: nn.Module | None = None, decoder_feature: str = "sdm",
+                 train_backbone: bool = False):
         super().__init__()
         self.backbone, self.decoder, self.head = backbone, decoder, head
+        self.decoder_feature = decoder_feature
         self.train_backbone = train_backbone
 
     def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -46,7 +48,7 @@ class SegmentationReadout(nn.Module):
         with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
             feats = self.backbone(images)
             if self.decoder is not None:
-                feats["sdm"] = self.decoder(feats)
+                feats[self.decoder_feature] = self.decoder(feats)
         return feats
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -103,8 +105,10 @@ def build_segmentation_model(checkpoint: dict, head: str, num_classes: int, *,
                              head_kwargs: dict | None = None) -> SegmentationReadout:
     """Build the readout of `head` on the checkpoint's backbone (frozen unless finetune).
 
-    A PooDLe decoder in the checkpoint is kept for heads that read a stride-8 feature
-    (the linear DeepLab v1 readout, PooDLe Sec. 4.1): the trunk is then left undilated.
+    A decoder in the checkpoint (PooDLe's SDM, stride 8; PiCO's semantic FPN, stride 4) is
+    kept for heads that read it (``uses_decoder``: the linear readouts, PooDLe Sec. 4.1,
+    PiCO Sec. 4.1): the trunk is then left undilated and the head reads the decoder's
+    output, a feature named by the decoder's kind.
     """
     head_cls = find_head_class(head)
     decoder_entry = checkpoint.get("decoder")
@@ -115,16 +119,20 @@ def build_segmentation_model(checkpoint: dict, head: str, num_classes: int, *,
     shapes = backbone.output_shape()
     decoder, kwargs = None, {}
     if use_decoder:
-        decoder = SpatialDecoder.from_checkpoint_entry(decoder_entry)
-        load_state_dict_exact(decoder, decoder_entry["state_dict"], "decoder state dict")
+        kind = decoder_entry["kind"]
+        decoder = decoder_from_entry(decoder_entry)
+        load_state_dict_exact(decoder, decoder_entry["state_dict"], f"{kind} decoder state dict")
         for p in decoder.parameters():
             p.requires_grad_(finetune)
-        shapes["sdm"] = decoder.output_shape(shapes)
-        kwargs["in_feature"] = "sdm"
-        log(f"keeping the checkpoint's spatial decoder (order: {decoder.order}) for this "
-            f"readout (PooDLe Sec. 4.1)")
+        shapes[kind] = decoder.output_shape(shapes)
+        kwargs["in_feature"] = kind
+        order = f", order: {decoder.order}" if kind == "sdm" else ""
+        log(f"keeping the checkpoint's {kind} decoder (stride {shapes[kind].stride}{order}) "
+            f"for this readout")
     head_module = head_cls(input_shape=shapes, num_classes=num_classes, **kwargs,
                            **(head_kwargs or {}))
     model = SegmentationReadout(backbone=backbone.to(memory_format=torch.channels_last),
-                                head=head_module, decoder=decoder, train_backbone=finetune)
+                                head=head_module, decoder=decoder,
+                                decoder_feature=decoder_entry["kind"] if use_decoder else "sdm",
+                                train_backbone=finetune)
     return model.train(False)

@@ -150,3 +150,29 @@ def test_deeplab_v3_image_pooling_is_global_at_the_train_crop_and_local_beyond()
     x = torch.randn(1, 8, 4, 8)
     assert not torch.allclose(local(x), wide(x), atol=1e-3)
     assert local(torch.randn(1, 8, 1, 2)).shape == (1, 4, 1, 2)  # window cut to the map
+
+
+def test_pico_fpn_decoder_gives_a_128_d_map_at_stride_4_and_travels_in_the_checkpoint(
+        r18, tmp_path):
+    from core.decoders import SemanticFPN
+    trunk = build_backbone(r18, log=lambda *_: None)
+    fpn = SemanticFPN.for_trunk(trunk.output_shape()).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        y = fpn(trunk(x))
+    assert y.shape == (2, 128, 16, 24)
+    assert fpn.output_shape(trunk.output_shape()).stride == 4
+    ck = {**r18, "decoder": fpn.checkpoint_entry()}
+    save_checkpoint(ck, tmp_path / "pico.pth")
+    back = read_checkpoint(tmp_path / "pico.pth")
+    model = build_segmentation_model(back, "deeplab_v1", 5, log=lambda *_: None)
+    assert model.head.in_feature == "fpn" and model.decoder_feature == "fpn"
+    assert model.backbone.output_shape()["res5"].stride == 32  # FPN reads an undilated trunk
+    with torch.no_grad():
+        feats = model.features(x)
+        assert torch.allclose(feats["fpn"], fpn(trunk(x)), atol=1e-4, rtol=1e-4)  # same weights
+    assert model(x)["out"].shape == (2, 5, 64, 96)
+    bad = {**r18, "decoder": {"kind": "aspp", "state_dict": {}}}
+    save_checkpoint(bad, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="decoder kind 'aspp' is not one of sdm, fpn"):
+        read_checkpoint(tmp_path / "bad.pth")
