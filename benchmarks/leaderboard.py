@@ -25,7 +25,8 @@ METRIC_ORDER = ("mIoU", "Acc", "mAcc", "mIoU_small", "mIoU_large", "mIoU_rare", 
 METHOD_LABELS = {"scratch": "Scratch", "flowe": "FlowE", "poodle": "PooDLe", "byol": "BYOL",
                  "byol_crop": "BYOL (crop)", "byol_video": "BYOL (crop w/ video)",
                  "moco_v2": "MoCo v2", "pixpro": "PixPro", "pixpro_flow": "PixPro-flow",
-                 "densecl": "DenseCL",
+                 "densecl": "DenseCL", "pico": "PiCO", "static_video": "Static (Video)",
+                 "static_frame": "Static (Frame)",
                  "torchvision": "Supervised", "supervised": "Supervised (world labels)"}
 ARCH_LABELS = {"resnet50": "R50", "resnet18": "R18", "resnet34": "R34", "resnet101": "R101"}
 ROW_KEY = ("method", "arch", "pretrain_epochs", "pretrain_data", "init")

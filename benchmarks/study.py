@@ -32,7 +32,8 @@ BOUNDS = ("scratch", "supervised")
 METRICS = ("mIoU", "Acc", "mIoU_small", "mIoU_large", "mIoU_rare", "mIoU_common")
 SCHEMA = {"name": str, "description": str, "cited": str, "world": dict, "seeds": int,
           "methods": list, "pretrain_preset": str, "pretrain_overrides": list,
-          "scratch": dict, "supervised": dict, "readouts": list, "expectations": list}
+          "scratch": dict, "supervised": dict, "readouts": list, "expectations": list,
+          "inits": dict, "trajectories": dict}
 REQUIRED = ("name", "description", "cited", "world", "seeds", "methods", "pretrain_preset",
             "scratch", "supervised", "readouts")
 UNINFORMATIVE_BELOW = 1.0  # mIoU points: a comparison of two ~0 numbers says nothing
@@ -79,6 +80,20 @@ def validate_study(data: dict, where: str) -> dict:
     for method in data["methods"]:
         if method not in BOUNDS:
             load_preset(method, data["pretrain_preset"])  # the preset exists and is valid
+    for method, source in data.get("inits", {}).items():
+        order = data["methods"]
+        if method not in order or source not in order or order.index(source) > order.index(
+                method) or source in BOUNDS:
+            raise StudyError(f"{where}.inits.{method}: {source!r} must be a method of the "
+                             f"study listed before {method!r}")
+    tracks = [m for m in data["methods"] if m not in BOUNDS
+              and known_method_class(m).samples == "tracks"]
+    if tracks and "trajectories" not in data:
+        raise StudyError(f"{where}: {', '.join(tracks)} read a trajectory store: give "
+                         f"trajectories: {{estimator, points, stride, delta_max}}")
+    if "trajectories" in data:
+        _check(data["trajectories"], {"estimator", "points", "stride", "delta_max"},
+               f"{where}.trajectories")
     _check(data["world"], {"preset", "seed", "parts"}, f"{where}.world")
     _check(data["scratch"], {"arch"}, f"{where}.scratch")
     from .supervised import supervised_config
@@ -94,6 +109,11 @@ def validate_study(data: dict, where: str) -> dict:
                              f"{', '.join(EXPECTATION_KINDS)}")
         _check(e, EXPECTATION_KINDS[e["kind"]], f"{where}.expectations[{i}]")
     return data
+
+
+def known_method_class(method: str):
+    from pretrain.methods import get_method_class
+    return get_method_class(method)
 
 
 def _check(d: dict, keys: set, where: str) -> None:
@@ -204,20 +224,50 @@ class Study:
             key = key_of({"supervised": self.spec["supervised"], "world": world,
                           "code": source_fingerprint(supervised, readout_train)})
         else:
+            inputs = self.method_inputs(method, seed)
             key = key_of({"method": method, "config": self.pretrain_config(method),
-                          "world": world,
+                          "world": world, **({"inputs": inputs} if inputs else {}),
                           "code": pretraining_fingerprint(self.method_class(method))})
         return self.out / "pretrain" / method / key / f"seed{seed}"
 
-    @staticmethod
-    def method_class(method: str):
-        from pretrain.methods import get_method_class
-        return get_method_class(method)
+    method_class = staticmethod(known_method_class)
 
     def pretrain_config(self, method: str) -> dict:
         from pretrain.config import apply_overrides, load_preset
         return apply_overrides(load_preset(method, self.spec["pretrain_preset"]),
                                self.spec.get("pretrain_overrides", []))
+
+    @property
+    def trajectories(self) -> Path:
+        """Keyed by its settings, the world and the tracking code."""
+        from pretrain.flow.trajectories import Tracker
+        from pretrain.flow.trajectory_store import TrajectoryStore
+        world = {"preset": self.world["preset"], "seed": self.world["seed"]}
+        return self.out / "trajectories" / key_of(
+            {"settings": self.spec["trajectories"], "world": world,
+             "code": source_fingerprint(TrajectoryStore, Tracker)})
+
+    def method_inputs(self, method: str, seed: int) -> list[str]:
+        """Overrides that point a method at what the study made for it: the checkpoint it
+        starts from (``inits``: PiCO and its baselines from the study's MoCo v2, as the
+        paper starts from MoCo-v2) and the trajectory store of its ``tracks`` samples."""
+        out = []
+        if method in self.spec.get("inits", {}):
+            source = self.spec["inits"][method]
+            out.append(f"model.init={Run(source, seed, self.run_folder(source, seed)).checkpoint}")
+        if self.method_class(method).samples == "tracks":
+            out.append(f"data.trajectories={self.trajectories}")
+        return out
+
+    def ensure_trajectories(self) -> None:
+        """The study videos' trajectory store (resumable: a finished one is reused)."""
+        from pretrain.data.video import VideoSource
+        from pretrain.flow.trajectory_store import build_store
+        t = self.spec["trajectories"]
+        self.log(f"[study] trajectory store {self.trajectories} ({t['estimator']} flow)")
+        build_store(VideoSource(self.videos), self.trajectories, estimator=t["estimator"],
+                    points=t["points"], stride=t["stride"], delta_max=t["delta_max"],
+                    progress=self.progress)
 
     def pretrain(self, method: str, seed: int) -> Run:
         from readout.backbone import save_checkpoint, scratch_checkpoint
@@ -243,12 +293,17 @@ class Study:
             write_record(run.folder, method="supervised", preset=self.spec["name"],
                          videos=self.data, seconds=time.perf_counter() - t0)
         else:
+            if method in self.spec.get("inits", {}):
+                self.pretrain(self.spec["inits"][method], seed)
+            if self.method_class(method).samples == "tracks":
+                self.ensure_trajectories()
             self._bench("pretrain", "--method", method, "--preset",
                         self.spec["pretrain_preset"], "--videos", str(self.videos),
                         "--out", str(run.folder), "--seed", str(seed),
                         "--tracking-uri", self.uri,
                         *([] if self.progress else ["--no-progress"]),
-                        *self.spec.get("pretrain_overrides", []))
+                        *self.spec.get("pretrain_overrides", []),
+                        *self.method_inputs(method, seed))
         if record.is_file():
             push_record(record, uri=self.uri, log=self.log)
         return run

@@ -190,11 +190,17 @@ class SemanticFPN(nn.Module):
         top = self.laterals[-1](xs[-1])
         pyramid = [self.outputs[-1](top)]
         for i in range(len(xs) - 2, -1, -1):  # detectron2 FPN: nearest 2x, then add
-            top = F.interpolate(top, scale_factor=2, mode="nearest") + self.laterals[i](xs[i])
+            # to the lateral's size: the same as 2x where detectron2 pads the image to a
+            # multiple of 32, and defined for any image size (whole-image evaluation)
+            lateral = self.laterals[i](xs[i])
+            top = F.interpolate(top, size=lateral.shape[-2:], mode="nearest") + lateral
             pyramid.insert(0, self.outputs[i](top))
         out = self.scale_heads[0](pyramid[0])
         for head, p in zip(self.scale_heads[1:], pyramid[1:]):
-            out = out + head(p)
+            y = head(p)
+            out = out + (y if y.shape[-2:] == out.shape[-2:] else
+                         F.interpolate(y, size=out.shape[-2:], mode="bilinear",
+                                       align_corners=False))
         return out
 
 

@@ -120,6 +120,8 @@ def run(args, on_export=None) -> int:
     torch.manual_seed(args.seed)
     method = method_cls(**resolved["model"])
     log = print if rank == 0 else (lambda *_: None)
+    for deviation in method.deviations():
+        log(f"DEVIATION from the paper: {deviation}")
     steps, batch = resolved["schedule"]["steps"], resolved["schedule"]["batch_size"]
     log(f"pretraining {args.method} ({args.preset}) on {len(source)} videos, "
         f"{steps} steps x {batch} {method_cls.samples}, {world} process(es) on {device}; "

@@ -17,6 +17,7 @@ from core.values import Range, is_number, is_whole, parse_value
 from .augment import COLOURS
 from .data.samples import SAMPLE_KEYS
 from .flow.estimators import flow_spec
+from .flow.trajectories import FRAME_SELECTIONS
 from .methods import METHODS, get_method_class
 from .methods.pixpro import MASK_UNITS
 from .methods.poodle import CROP_GEOMETRIES
@@ -52,7 +53,9 @@ SCHEDULE_RANGES = {
     "epochs": Range(0, open_low=True), "warmup_epochs": Range(0),
 }
 DATA_RANGES = {"repeats": WHOLE_AT_LEAST_1, "clip_frames": WHOLE_AT_LEAST_1,
-               "clip_fps": Range(0, open_low=True)}
+               "clip_fps": Range(0, open_low=True), "partners": WHOLE_AT_LEAST_1,
+               "points": WHOLE_AT_LEAST_1, "gamma": Range(0), "delta": Range(0, open_low=True)}
+DATA_CHOICES = {"frame_selection": FRAME_SELECTIONS}
 # model values with bounds of their own (others: by the type of the constructor's default)
 MODEL_RANGES = {"ema_base": Range(0, 1), "momentum": Range(0, 1), "loss_lambda": Range(0, 1),
                 "temperature": Range(0, open_low=True)}
@@ -154,6 +157,12 @@ def validate_preset(method: str, preset: dict, where: str) -> None:
     for key, value in d.items():
         if key in DATA_RANGES:
             _check_value(f"{where}.data.{key}", value, DATA_RANGES[key])
+        if key in DATA_CHOICES and value not in DATA_CHOICES[key]:
+            raise ConfigError(f"{where}.data.{key}: {value!r} is not one of "
+                              f"{', '.join(DATA_CHOICES[key])}")
+    if d.get("trajectories") is not None and not isinstance(d["trajectories"], str):
+        raise ConfigError(f"{where}.data.trajectories: a trajectory store folder, got "
+                          f"{d['trajectories']!r}")
     missing = [k for k in ("clip_frames", "clip_fps") if k in data_keys(method) and k not in d]
     if missing:
         raise ConfigError(f"{where}.data: {method} samples clips: set {', '.join(missing)}")

@@ -49,9 +49,10 @@ def pooled_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 def infonce_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor,
-                 temperature: float) -> torch.Tensor:
+                 temperature: float, reduction: str = "mean") -> torch.Tensor:
     """MoCo's InfoNCE (He et al. 2020, Eq. 1; authors' moco/builder.py):
-    -log exp(q.k+ / t) / (exp(q.k+ / t) + sum_i exp(q.k_i / t)), mean over the batch.
+    -log exp(q.k+ / t) / (exp(q.k+ / t) + sum_i exp(q.k_i / t)), mean over the batch
+    (``reduction="none"``: per query [B]).
 
     q: queries [B, C]; k: their positive keys [B, C] (no gradient); queue: negative keys
     [C, K]; all L2-normalised. The positive is class 0 of a (1 + K)-way cross-entropy.
@@ -59,7 +60,8 @@ def infonce_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor,
     positive = (q * k.detach()).sum(dim=1, keepdim=True)  # [B, 1]
     negative = q @ queue.detach()  # [B, K]
     logits = torch.cat([positive, negative], dim=1) / temperature
-    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device),
+                           reduction=reduction)
 
 
 def pixel_consistency_loss(y: torch.Tensor, z: torch.Tensor,

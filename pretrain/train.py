@@ -126,8 +126,8 @@ class StepBatches(torch.utils.data.Dataset):
                "skipped": [path for i in needed for path in items[i]["skipped"]],
                "videos": [it["path"] for it, _ in pick],
                "frame_index": [it["frame_index"][r].tolist() for it, r in pick]}
-        if "flow_fwd" in pick[0][0]:
-            for key in ("flow_fwd", "flow_bwd"):
+        for key in ("flow_fwd", "flow_bwd", *VIEW_INPUTS):
+            if key in pick[0][0]:
                 out[key] = torch.stack([it[key][r] for it, r in pick])
         if self.view_maker is None:
             return out
@@ -139,8 +139,17 @@ class StepBatches(torch.utils.data.Dataset):
             for key in flows:
                 out.pop(key, None)
         out["views"] = self.view_maker(out.pop("frames"),
-                                       sample_rngs(s.seed, step, out["samples"]), **flows)
+                                       sample_rngs(s.seed, step, out["samples"]), **flows,
+                                       **view_inputs(out, pop=True))
         return out
+
+
+# item tensors besides frames and flow that reach the view maker by name (TrackedFrames)
+VIEW_INPUTS = ("points",)
+
+
+def view_inputs(batch: dict, pop: bool = False) -> dict:
+    return {k: batch.pop(k) if pop else batch[k] for k in VIEW_INPUTS if k in batch}
 
 
 def _flows(batch: dict, estimator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,7 +213,8 @@ def export_backbone(method, path, *, schedule, steps_done: int, samples, config)
         decoder=method.decoder_entry(), method=method.name,
         pretrain_data=str(getattr(samples.source, "root", "")),
         epochs=steps_done * schedule.batch_size / max(1, len(samples) * samples.repeats),
-        iterations=steps_done, config={**(config or {}), "schedule": asdict(schedule)}), path)
+        iterations=steps_done, config={**(config or {}), "schedule": asdict(schedule)},
+        **({"deviations": method.deviations()} if method.deviations() else {})), path)
 
 
 def pretrain(method, samples, schedule: PretrainSchedule, *, out_dir, device="cpu",
@@ -275,7 +285,7 @@ def pretrain(method, samples, schedule: PretrainSchedule, *, out_dir, device="cp
                 flows["flow_fwd"], flows["flow_bwd"] = _flows(batch, estimator)
             views = method.make_views(batch["frames"],
                                       sample_rngs(schedule.seed, step, batch["samples"]),
-                                      **flows)
+                                      **flows, **view_inputs(batch))
         views = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
                  for k, v in views.items()}
         with autocast(device):

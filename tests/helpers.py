@@ -1,5 +1,6 @@
 """Helpers that several test modules share."""
 import socket
+from pathlib import Path
 
 SUITE = "cityscapes_linear"
 
@@ -74,3 +75,32 @@ def authors_poodle_decode(decoder, feats: list):
         z = F.interpolate(z, scale_factor=2, mode="bilinear", align_corners=False)
         z = z + lateral(feats[-i - 2])
     return z
+
+
+def tiny_store(tiny_root) -> Path:
+    """The tiny world's videos tracked on their exact flow into a trajectory store, for the
+    methods whose samples are ``tracks`` (built once per session: later calls resume it)."""
+    from pretrain.data.video import VideoSource
+    from pretrain.flow.trajectory_store import build_store
+    store = Path(tiny_root) / "trajectories"
+    build_store(VideoSource(Path(tiny_root) / "bdd100k" / "videos"), store, estimator="gt",
+                progress=False)
+    return store
+
+
+def data_overrides(name: str, tiny_root) -> list[str]:
+    """What a method's smoke preset needs beyond itself on the tiny world: a trajectory
+    store, and for the methods that start from a checkpoint (PiCO's family) a random-init
+    ResNet-18 as their frozen MoCo-v2 encoder."""
+    from pretrain.config import model_keys
+    from pretrain.methods import METHODS
+    out = []
+    if METHODS[name].samples == "tracks":
+        out.append(f"data.trajectories={tiny_store(tiny_root)}")
+    if "init" in model_keys(name):
+        from readout.backbone import save_checkpoint, scratch_checkpoint
+        init = Path(tiny_root) / "init_resnet18.pth"
+        if not init.is_file():
+            save_checkpoint(scratch_checkpoint("resnet18", seed=0), init)
+        out.append(f"model.init={init}")
+    return out

@@ -7,8 +7,10 @@ of one video and, with a flow cache, the flow between consecutive ones.
 - ``clips`` (K = ``clip_frames``): frames t, t + s, ..., t + (K-1) s of the video resampled
   at ``clip_fps`` (s = round(video fps / clip_fps)); the flow between consecutive frames
   chains to the flow from the first to the last (PixPro-flow Sec. 3, Eq. 1: K = 6 frames of
-  a 10 fps stream, 0.5 s). Trajectory samples (PiCO) are made from clips and their flow by
+  a 10 fps stream, 0.5 s). Trajectory samples can be made from clips and their flow by
   ``pretrain.flow.trajectories.trajectory_pairs``.
+- ``tracks`` (K = 1 + ``partners``): PiCO's anchor frame and the frames chosen for it on the
+  video's stored trajectories, with the point pairs between them (``TrackedFrames``).
 
 Items are a pure function of (seed, epoch, index) and the files. With a flow cache the
 samples are drawn among the cached frame pairs (pairs) or chains of them (clips). A video
@@ -53,6 +55,11 @@ class VideoSamples(torch.utils.data.Dataset):
     def _draw(self, video: int, rng: np.random.Generator) -> list[tuple[int, ...]]:
         raise NotImplementedError
 
+    def _annotate(self, video: int, samples: list[tuple[int, ...]],
+                  rng: np.random.Generator) -> dict:
+        """Per-item tensors beside the frames (``TrackedFrames``: the point pairs)."""
+        return {}
+
     def __getitem__(self, index: int) -> dict:
         """Attempt k draws from its own generator (seed, epoch, index, k), so the item does
         not depend on how far a failed attempt got, nor on which files this process has
@@ -67,6 +74,7 @@ class VideoSamples(torch.utils.data.Dataset):
             try:
                 samples = self._draw(video, rng)
                 frames = [self.source.read(video, list(s)) for s in samples]
+                extras = self._annotate(video, samples, rng)
                 break
             except VideoError:
                 skipped.append(str(self.source.items[video]))
@@ -78,7 +86,7 @@ class VideoSamples(torch.utils.data.Dataset):
                 "frame_index": torch.tensor(samples, dtype=torch.long),
                 "time": torch.tensor(samples, dtype=torch.float64) / fps,
                 "video": self.source.name(video), "path": str(self.source.items[video]),
-                "skipped": skipped}
+                "skipped": skipped, **extras}
         if self.cache is not None:
             name = self.source.name(video)
             flows = [[self.cache.load(name, a, b) for a, b in zip(s[:-1], s[1:])]
@@ -163,9 +171,87 @@ class FrameClips(VideoSamples):
         return starts
 
 
-SAMPLES = {"pairs": FramePairs, "clips": FrameClips}
+class TrackedFrames(VideoSamples):
+    """PiCO (Sec. 3.2-3.3): per sample an anchor frame and `partners` frames chosen on the
+    video's stored trajectories (``pretrain.flow.trajectory_store``, Eq. 3 with `gamma`,
+    `delta`) by anchor sampling or at random (Fig. 5), and the point pairs tracked from the
+    anchor to each partner. Frames (K = 1 + partners): anchor first. Item extra "points":
+    float [R, partners, points, 4], (x, y) in the anchor then in the partner, frame pixels,
+    at most `points` pairs drawn at random, NaN-padded. Where fewer partners are found, the
+    last one repeats; with none (no trajectory leaves the anchor), the anchor is its own
+    partner and its active points pair with themselves."""
+    kind = "tracks"
+
+    def __init__(self, source: VideoSource, *, trajectories, partners: int = 1,
+                 frame_selection: str = "anchor", gamma: float = 0.0, delta: float = 4.0,
+                 points: int = 1000, **kw):
+        from ..flow.trajectories import FRAME_SELECTIONS
+        from ..flow.trajectory_store import TrajectoryStore
+        if frame_selection not in FRAME_SELECTIONS:
+            raise ValueError(f"frame_selection {frame_selection!r}: one of "
+                             f"{', '.join(FRAME_SELECTIONS)}")
+        super().__init__(source, **kw)
+        self.store = trajectories if isinstance(trajectories, TrajectoryStore) else \
+            TrajectoryStore(trajectories)
+        stored = set(self.store.videos())
+        missing = [source.name(i) for i in range(len(source)) if source.name(i) not in stored]
+        if missing:
+            raise ValueError(f"trajectory store {self.store.root} lacks {len(missing)} of the "
+                             f"{len(source)} videos (first: {missing[0]}); build it with: bench "
+                             f"flow trajectories --videos DIR --out {self.store.root}")
+        self.partners, self.selection = int(partners), frame_selection
+        self.gamma, self.delta, self.points = float(gamma), float(delta), int(points)
+        self._tracks: dict = {}
+
+    def __getstate__(self):  # loader workers read the store themselves
+        return {**self.__dict__, "_tracks": {}}
+
+    def trajectories(self, video: int):
+        """(Trajectories under Eq. 3 with gamma, delta; frames between store positions)."""
+        name = self.source.name(video)
+        if name not in self._tracks:
+            if len(self._tracks) >= 8:
+                self._tracks.pop(next(iter(self._tracks)))
+            meta = self.store.meta(name)
+            info = self.source.open(video).info
+            if (meta["height"], meta["width"]) != (info.height, info.width):
+                raise ValueError(f"trajectory store {self.store.root}: {name} was tracked at "
+                                 f"{meta['height']}x{meta['width']}, the video is "
+                                 f"{info.height}x{info.width}; build the store from these "
+                                 f"videos")
+            self._tracks[name] = (self.store.load(name, gamma=self.gamma, delta=self.delta),
+                                  meta["stride"])
+        return self._tracks[name]
+
+    def _draw(self, video: int, rng: np.random.Generator) -> list[tuple[int, ...]]:
+        from ..flow.trajectories import select_frames
+        traj, stride = self.trajectories(video)
+        out = []
+        for _ in range(self.repeats):
+            anchor, chosen = select_frames(traj, self.partners, rng, selection=self.selection)
+            chosen = (chosen or [anchor]) + [chosen[-1] if chosen else anchor] * self.partners
+            out.append(tuple(stride * t for t in [anchor, *chosen[:self.partners]]))
+        return out
+
+    def _annotate(self, video: int, samples: list[tuple[int, ...]],
+                  rng: np.random.Generator) -> dict:
+        from ..flow.trajectories import point_pairs
+        traj, stride = self.trajectories(video)
+        points = torch.full((len(samples), self.partners, self.points, 4), float("nan"))
+        for r, frames in enumerate(samples):
+            anchor = frames[0] // stride
+            for j, t in enumerate(frames[1:]):
+                a, b = point_pairs(traj, anchor, t // stride)
+                keep = rng.permutation(len(a))[:self.points]
+                points[r, j, :len(keep)] = torch.cat([a[keep], b[keep]], dim=1)
+        return {"points": points}
+
+
+SAMPLES = {"pairs": FramePairs, "clips": FrameClips, "tracks": TrackedFrames}
 # the data keys of each kind (the rest of a data section: repeats)
-SAMPLE_KEYS = {"pairs": ("dt_frames", "dt_seconds"), "clips": ("clip_frames", "clip_fps")}
+SAMPLE_KEYS = {"pairs": ("dt_frames", "dt_seconds"), "clips": ("clip_frames", "clip_fps"),
+               "tracks": ("trajectories", "partners", "frame_selection", "gamma", "delta",
+                          "points")}
 
 
 def make_samples(kind: str, source: VideoSource, data: dict, *, seed: int = 0,
@@ -174,6 +260,10 @@ def make_samples(kind: str, source: VideoSource, data: dict, *, seed: int = 0,
     if kind not in SAMPLES:
         raise KeyError(f"unknown sample kind {kind!r}; known: {', '.join(SAMPLES)}")
     kwargs = {k: data[k] for k in SAMPLE_KEYS[kind] if data.get(k) is not None}
+    if kind == "tracks" and not data.get("trajectories"):
+        raise ValueError("data.trajectories: this method reads a trajectory store; give "
+                         "data.trajectories=STORE (make one with: bench flow trajectories "
+                         "--videos DIR --out STORE)")
     return SAMPLES[kind](source, repeats=data.get("repeats", 1), seed=seed,
                          flow_cache=flow_cache, **kwargs)
 

@@ -3,9 +3,9 @@ a method. A method is one file: a subclass of ``Method`` registered by name, plu
 
 What a method declares (class attributes):
 - ``samples``: what each batch item is (``pretrain.data.samples``): ``"pairs"``, two frames
-  of one video, or ``"clips"``, K frames of a video resampled at a fixed rate (PixPro-flow;
-  PiCO's trajectory point pairs are made from a clip and its flow by
-  ``pretrain.flow.trajectories.trajectory_pairs``). The config's data section follows it.
+  of one video, ``"clips"``, K frames of a video resampled at a fixed rate (PixPro-flow), or
+  ``"tracks"``, an anchor frame and the frames chosen for it on a trajectory store with the
+  point pairs between them (PiCO). The config's data section follows it.
 - ``needs_flow``: the view maker gets the forward and backward flow between consecutive
   frames.
 - ``find_unused_parameters``: parameters that may get no gradient in a step (DDP is told).
@@ -17,7 +17,8 @@ What a method declares (class attributes):
 What a method implements:
 - ``self.view_maker``, set by the constructor: plain data (no weights, picklable) called as
   ``(frames [N, K, 3, H, W], rngs, **flows) -> views`` with ``flow_fwd`` / ``flow_bwd``
-  [N, K-1, 2, H, W] (frame k -> k+1, k+1 -> k) when ``needs_flow``; everything random about
+  [N, K-1, 2, H, W] (frame k -> k+1, k+1 -> k) when ``needs_flow``, and ``points``
+  [N, K-1, P, 4] with ``"tracks"`` samples (NaN-padded); everything random about
   sample n comes from ``rngs[n]``; DataLoader workers run it (``make_views`` is the loop's
   call of it);
 - ``losses(views) -> {name: scalar}``: loss terms, and only loss terms; the loop sums them.
@@ -125,6 +126,12 @@ class Method(nn.Module):
 
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
         return self.encoder.backbone_state_dict()
+
+    def deviations(self) -> list[str]:
+        """How this run departs from the paper in ways its config values do not show (PiCO
+        without its MoCo-v2 initialisation): logged at the start, kept in the checkpoint's
+        meta."""
+        return []
 
     def decoder_entry(self) -> dict | None:
         """The decoder exported beside the backbone (PooDLe's SDM: kind, order, weights);

@@ -136,7 +136,8 @@ def test_console_script_demo_end_to_end_then_the_readme_commands_as_written(
     assert "bench ui --tracking-uri demo/mlruns" in run.stdout
     assert (demo / "stats" / "bdd100k_synthetic_train.csv").is_file()
     labels = sorted(["BYOL", "BYOL (crop)", "BYOL (crop w/ video)", "FlowE", "MoCo v2",
-                     "PooDLe", "PixPro", "PixPro-flow", "DenseCL",
+                     "PooDLe", "PixPro", "PixPro-flow", "DenseCL", "PiCO", "Static (Video)",
+                     "Static (Frame)",
                      "Scratch", "Supervised (world labels)"])
     board = (demo / "leaderboard.csv").read_text()  # MLflow, one row per checkpoint
     rows = list(csv.DictReader(io.StringIO(board)))

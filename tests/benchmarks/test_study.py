@@ -7,6 +7,7 @@ from benchmarks.study import (Study, StudyError, check_expectations, leaderboard
                               load_study, source_fingerprint, study_names, validate_study)
 from pretrain.config import apply_overrides, load_preset, resolve
 from pretrain.methods import METHODS, get_method_class
+from tests.helpers import data_overrides
 
 
 @pytest.mark.parametrize("name", study_names())
@@ -119,6 +120,7 @@ def test_gpu_study_preset_runs_at_tiny_size_on_cpu(name, tiny_root, tmp_path):
         small.append("model.subcrop_size=[32, 32]")
     if "shuffle_bn_group" in config["model"]:
         small.append("model.shuffle_bn_group=2")
+    small += data_overrides(name, tiny_root)
     resolved = resolve(name, apply_overrides(config, small), num_videos=3, seed=0)
     method = get_method_class(name)(**resolved["model"])
     source = VideoSource(tiny_root / "bdd100k" / "videos" / "train")

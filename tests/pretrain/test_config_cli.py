@@ -166,12 +166,14 @@ def test_an_unknown_decoder_order_fails_naming_the_key_and_the_choices():
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_sync_bn_defaults_to_what_the_methods_authors_do(name):
     """BYOL (cross-replica BN), FlowE, PooDLe and PixPro (convert_sync_batchnorm)
-    synchronise; MoCo v2 and DenseCL keep per-GPU BatchNorm (shuffle BN; DenseCL's configs
-    use type='BN'). --sync-bn / --no-sync-bn override."""
+    synchronise; MoCo v2, DenseCL and PiCO (MoCo-v2's design; its frozen encoder has fixed
+    statistics) keep per-GPU BatchNorm (shuffle BN; DenseCL's configs use type='BN').
+    --sync-bn / --no-sync-bn override."""
     from pretrain.cli import OneLineParser, add_arguments
     parser = OneLineParser()
     add_arguments(parser)
     base = ["--method", name, "--videos", "v", "--out", "o"]
     assert parser.parse_args(base).sync_bn is None
     assert parser.parse_args(base + ["--no-sync-bn"]).sync_bn is False
-    assert get_method_class(name).sync_batchnorm is (name not in ("moco_v2", "densecl"))
+    per_gpu = ("moco_v2", "densecl", "pico", "static_video", "static_frame")
+    assert get_method_class(name).sync_batchnorm is (name not in per_gpu)

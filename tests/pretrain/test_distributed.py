@@ -4,6 +4,7 @@ method, through the command line torchrun runs); a MoCo queue holds the same key
 import json
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch.multiprocessing as mp
 
 from benchmarks.cli import main as bench
 from pretrain.methods import METHODS
+from tests.helpers import data_overrides
 
 METHOD_NAMES = sorted(METHODS)
 
@@ -18,7 +20,7 @@ METHOD_NAMES = sorted(METHODS)
 def _argv(name, videos, out, *extra):
     return ["pretrain", "--method", name, "--preset", "smoke", "--flow", "gt", "--videos",
             str(videos), "--out", str(out), "--no-progress", "schedule.steps=2",
-            "schedule.batch_size=4", *extra]
+            "schedule.batch_size=4", *data_overrides(name, Path(videos).parents[1]), *extra]
 
 
 def _rank(rank, port, videos, root):
@@ -42,6 +44,8 @@ def _free_port() -> int:
 def runs(tiny_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     videos = tiny_root / "bdd100k" / "videos"
+    for name in METHOD_NAMES:  # stores and files the ranks only read
+        data_overrides(name, tiny_root)
     mp.spawn(_rank, args=(_free_port(), videos, root), nprocs=2, join=True)
     for name in METHOD_NAMES:
         assert bench(_argv(name, videos, root / name / "single")) == 0

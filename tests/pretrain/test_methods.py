@@ -8,6 +8,7 @@ from pretrain.flow import get_estimator
 from pretrain.methods import METHODS, Method, get_method_class
 from pretrain.methods.base import OnlineTargetMethod
 from pretrain.train import PretrainSchedule, pretrain
+from tests.helpers import tiny_store
 
 
 def _method(name, seed=0):
@@ -20,7 +21,10 @@ def _samples(tiny_root, name="byol"):
     source = VideoSource(tiny_root / "bdd100k" / "videos")
     if METHODS[name].samples == "pairs":
         return FramePairs(source, dt_frames=(1, 3), repeats=2)
-    return make_samples(METHODS[name].samples, source, load_preset(name, "smoke")["data"])
+    data = load_preset(name, "smoke")["data"]
+    if METHODS[name].samples == "tracks":
+        data = {**data, "trajectories": str(tiny_store(tiny_root))}
+    return make_samples(METHODS[name].samples, source, data)
 
 
 SCHEDULE = PretrainSchedule(steps=3, batch_size=2, optimizer="lars", lr=0.1, weight_decay=1e-6,
