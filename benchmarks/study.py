@@ -293,8 +293,10 @@ class Study:
             write_record(run.folder, method="supervised", preset=self.spec["name"],
                          videos=self.data, seconds=time.perf_counter() - t0)
         else:
-            if method in self.spec.get("inits", {}):
-                self.pretrain(self.spec["inits"][method], seed)
+            source = self.spec.get("inits", {}).get(method)
+            if source and not Run(source, seed,  # e.g. --methods pico without moco_v2
+                                  self.run_folder(source, seed)).checkpoint.is_file():
+                self.pretrain(source, seed)
             if self.method_class(method).samples == "tracks":
                 self.ensure_trajectories()
             self._bench("pretrain", "--method", method, "--preset",
