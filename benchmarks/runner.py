@@ -129,10 +129,12 @@ def protocol_kwargs(resolved: dict, seed: int, num_workers: int = 0,
                     gamma=float(p["gamma"]), warmup_iterations=p["warmup_iterations"],
                     warmup_factor=float(p["warmup_factor"]))
     optional = {k: p[k] for k in ("warmup_iterations", "loss") if k in p}
-    optional.update({k: float(p[k]) for k in ("warmup_factor", "weight_decay_norm", "loss_top_k")
-                     if k in p})
-    return dict(common, iterations=p["iterations"], poly_power=float(p["poly_power"]),
-                crop=tuple(p["crop"]), resize=p["resize"], **optional)
+    optional.update({k: float(p[k]) for k in ("warmup_factor", "weight_decay_norm", "loss_top_k",
+                                              "poly_power", "gamma") if k in p})
+    if "lr_steps" in p:  # segmentation counts them in iterations
+        optional["lr_steps"] = tuple(int(e) for e in p["lr_steps"])
+    return dict(common, iterations=p["iterations"], crop=tuple(p["crop"]), resize=p["resize"],
+                **optional)
 
 
 def class_group_indices(resolved: dict, train_set, run_dir: Path) -> dict[str, list[int]]:

@@ -24,6 +24,7 @@ SCHEMA = {
 SPLITS = {"train": str, "eval": str}
 EVAL = {"mode": str, "crop": list, "stride": list, "resize": list}
 SEG_LOSSES = ("cross_entropy", "hard_pixel_mining")
+SEG_SCHEDULES = {"poly": ("poly_power",), "step": ("lr_steps", "gamma")}
 
 
 @dataclass(frozen=True)
@@ -46,15 +47,16 @@ TASKS = {
     "semantic_segmentation": Task(
         protocol={"iterations": int, "batch_size": int, "optimizer": str, "lr": float,
                   "momentum": float, "weight_decay": float, "schedule": str,
-                  "poly_power": float, "resize": dict, "crop": list, "flip": bool,
-                  "checkpoint_every": int},
+                  "resize": dict, "crop": list, "flip": bool, "checkpoint_every": int},
         cited=("iterations", "batch_size", "lr", "momentum", "weight_decay", "schedule",
-               "poly_power", "resize", "crop", "eval"),
+               "resize", "crop", "eval"),
         required=("class_groups",), forbidden=(),
         # detectron2's linear warmup, weight decay of norm layers (WEIGHT_DECAY_NORM), and
-        # the DeepLab project's hard_pixel_mining loss (DeepLabCE, top loss_top_k of pixels)
+        # the DeepLab project's hard_pixel_mining loss (DeepLabCE, top loss_top_k of pixels);
+        # poly_power with schedule "poly", lr_steps (iterations) and gamma with "step"
         optional={"warmup_iterations": int, "warmup_factor": float, "weight_decay_norm": float,
-                  "loss": str, "loss_top_k": float}),
+                  "loss": str, "loss_top_k": float, "poly_power": float, "lr_steps": list,
+                  "gamma": float}),
     "object_detection": Task(
         protocol={"epochs": float, "batch_size": int, "optimizer": str, "lr": float,
                   "momentum": float, "weight_decay": float, "schedule": str,
@@ -229,8 +231,21 @@ def _check_protocol(where: str, task: str, p: dict, ev: dict) -> None:
         if not all(isinstance(e, (int, float)) and 0 <= e for e in p["lr_steps"]):
             raise SuiteError(f"{where}.protocol.lr_steps: epochs at which lr *= gamma")
         return
-    if task == "semantic_segmentation" and (p["optimizer"] != "sgd" or p["schedule"] != "poly"):
-        raise SuiteError(f"{where}.protocol: only optimizer 'sgd' with schedule 'poly' exist")
+    if task == "semantic_segmentation":
+        if p["optimizer"] != "sgd" or p["schedule"] not in SEG_SCHEDULES:
+            raise SuiteError(f"{where}.protocol: optimizer 'sgd' with schedule 'poly' or "
+                             f"'step'")
+        needs = SEG_SCHEDULES[p["schedule"]]
+        missing = [k for k in needs if k not in p]
+        if missing:
+            raise SuiteError(f"{where}.protocol: schedule {p['schedule']!r} needs "
+                             f"{', '.join(missing)}")
+        extra = [k for k in ("poly_power", "lr_steps", "gamma") if k in p and k not in needs]
+        if extra:
+            raise SuiteError(f"{where}.protocol: {', '.join(extra)} do not apply to schedule "
+                             f"{p['schedule']!r}")
+        if "lr_steps" in p and not all(is_whole(e) and 0 <= e for e in p["lr_steps"]):
+            raise SuiteError(f"{where}.protocol.lr_steps: iterations at which lr *= gamma")
     if p.get("loss", "cross_entropy") not in SEG_LOSSES:
         raise SuiteError(f"{where}.protocol.loss: {p['loss']!r} is not one of "
                          f"{', '.join(SEG_LOSSES)}")

@@ -79,6 +79,17 @@ class DeepLabV1Head(ReadoutHead):
         return {"out": self.classifier(x if self.norm is None else self.norm(x))}
 
 
+@register_head("linear_1x1")
+class PiCOLinearHead(DeepLabV1Head):
+    """PiCO's linear probe (Sec. 4.1, App. A.2.1, after VADeR): a 1x1 conv on the output at
+    1/4 resolution, logits upsampled 4x, softmax cross-entropy. Encoder-decoder models are
+    read at their decoder's output (PiCO's FPN: stride 4); a plain backbone (MoCo-v2) is
+    dilated to stride 4: every strided stage from res3 on dilates instead, the dilation
+    doubling per stage (App. A.2.1)."""
+
+    dilation = (True, True, True)
+
+
 def _c2_xavier_fill(conv: nn.Conv2d) -> nn.Conv2d:
     """detectron2 ``c2_xavier_fill``: Caffe2's XavierFill (kaiming uniform, a = 1), bias 0."""
     nn.init.kaiming_uniform_(conv.weight, a=1)

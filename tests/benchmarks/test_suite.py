@@ -40,6 +40,11 @@ def test_paper_numbers():
         160000, 16, 0.0005, [512, 512])
     assert load_suite("ade20k_upernet_finetune")["finetune"] is True
     assert load_suite("ade20k_linear")["protocol"] == {**bdd}
+    pico = load_suite("cityscapes_pico_linear")["protocol"]  # PiCO App. A.2.3
+    assert (pico["iterations"], pico["batch_size"], pico["lr"], pico["lr_steps"],
+            pico["crop"], pico["schedule"]) == (65000, 32, 0.01, [40000, 55000], [512, 1024],
+                                                "step")
+    assert pico["resize"] == {"short_side": [512, 512]}
     for name in ("bdd_det_c4", "bdd_det_fpn"):  # FlowE Sec. 4.2
         det = load_suite(name)["protocol"]
         assert (det["epochs"], det["batch_size"], det["lr"], det["lr_steps"], det["gamma"]) == (
@@ -172,3 +177,16 @@ def test_numbers_out_of_range_fail_naming_the_key_and_the_range(suite, override,
     with pytest.raises(SuiteError) as e:
         resolve_suite(suite, scale="smoke", overrides=[override])
     assert says in str(e.value)
+
+
+def test_segmentation_schedules_take_their_own_keys():
+    pico = load_suite("cityscapes_pico_linear")
+    no_steps = copy.deepcopy(pico)
+    del no_steps["protocol"]["lr_steps"]
+    with pytest.raises(SuiteError, match="schedule 'step' needs lr_steps"):
+        validate_suite(no_steps)
+    mixed = copy.deepcopy(load_suite("cityscapes_linear"))
+    mixed["protocol"]["gamma"] = 0.1
+    mixed["source"]["gamma"] = "x"
+    with pytest.raises(SuiteError, match="gamma do not apply to schedule 'poly'"):
+        validate_suite(mixed)

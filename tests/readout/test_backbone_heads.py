@@ -176,3 +176,22 @@ def test_pico_fpn_decoder_gives_a_128_d_map_at_stride_4_and_travels_in_the_check
     save_checkpoint(bad, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match="decoder kind 'aspp' is not one of sdm, fpn"):
         read_checkpoint(tmp_path / "bad.pth")
+
+
+def test_pico_linear_probe_reads_stride_4_dilated_or_from_the_fpn(r18):
+    """PiCO App. A.2.1: a plain backbone is dilated to output stride 4; an FPN checkpoint is
+    read at its decoder's stride 4; logits come at 1/4 and are upsampled 4x."""
+    from core.decoders import SemanticFPN
+    x = torch.randn(1, 3, 64, 96)
+    plain = build_segmentation_model(r18, "linear_1x1", 5, log=lambda *_: None)
+    assert plain.backbone.output_shape()["res5"].stride == 4
+    with torch.no_grad():
+        assert plain.head(plain.features(x))["out"].shape == (1, 5, 16, 24)
+        assert plain(x)["out"].shape == (1, 5, 64, 96)
+    fpn = SemanticFPN.for_trunk(ResNetBackbone(arch="resnet18").output_shape())
+    decoded = build_segmentation_model({**r18, "decoder": fpn.checkpoint_entry()},
+                                       "linear_1x1", 5, log=lambda *_: None)
+    assert decoded.backbone.output_shape()["res5"].stride == 32
+    assert decoded.head.in_feature == "fpn"
+    with torch.no_grad():
+        assert decoded.head(decoded.features(x))["out"].shape == (1, 5, 16, 24)
