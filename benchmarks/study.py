@@ -224,13 +224,22 @@ class Study:
             key = key_of({"supervised": self.spec["supervised"], "world": world,
                           "code": source_fingerprint(supervised, readout_train)})
         else:
-            inputs = self.method_inputs(method, seed)
+            # the inputs as folders under the study, not as paths: `--out demo` and its
+            # absolute path are one study
+            inputs = [self._under_out(i) for i in self.method_inputs(method, seed)]
             key = key_of({"method": method, "config": self.pretrain_config(method),
                           "world": world, **({"inputs": inputs} if inputs else {}),
                           "code": pretraining_fingerprint(self.method_class(method))})
         return self.out / "pretrain" / method / key / f"seed{seed}"
 
     method_class = staticmethod(known_method_class)
+
+    def _under_out(self, override: str) -> str:
+        """``key=<out>/...`` for an override whose value is a path in the study folder."""
+        key, _, value = override.partition("=")
+        rel = Path(value).relative_to(self.out) if Path(value).is_relative_to(self.out) \
+            else value
+        return f"{key}=<out>/{rel}" if rel is not value else override
 
     def pretrain_config(self, method: str) -> dict:
         from pretrain.config import apply_overrides, load_preset
