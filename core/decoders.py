@@ -125,8 +125,8 @@ class SpatialDecoder(nn.Module):
         return x
 
 
-def _c2_xavier_fill(conv: nn.Conv2d) -> nn.Conv2d:
-    """detectron2 ``c2_xavier_fill``: kaiming uniform with a = 1, bias 0."""
+def c2_xavier_fill(conv: nn.Conv2d) -> nn.Conv2d:
+    """detectron2 ``c2_xavier_fill``: Caffe2's XavierFill (kaiming uniform, a = 1), bias 0."""
     nn.init.kaiming_uniform_(conv.weight, a=1)
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
@@ -144,9 +144,9 @@ class SemanticFPN(nn.Module):
             raise ValueError(f"SemanticFPN reads {', '.join(self.levels)}")
         self.strides = tuple(int(s) for s in in_strides)
         self.common_stride, self.channels = common_stride, conv_dims
-        self.laterals = nn.ModuleList(_c2_xavier_fill(nn.Conv2d(c, fpn_channels, 1))
+        self.laterals = nn.ModuleList(c2_xavier_fill(nn.Conv2d(c, fpn_channels, 1))
                                       for c in in_channels)
-        self.outputs = nn.ModuleList(_c2_xavier_fill(nn.Conv2d(fpn_channels, fpn_channels, 3,
+        self.outputs = nn.ModuleList(c2_xavier_fill(nn.Conv2d(fpn_channels, fpn_channels, 3,
                                                                padding=1))
                                      for _ in in_channels)
         self.scale_heads = nn.ModuleList()

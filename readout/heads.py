@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.decoders import c2_xavier_fill
+
 from .backbone import ShapeSpec
 from .registry import Registry
 
@@ -90,14 +92,6 @@ class PiCOLinearHead(DeepLabV1Head):
     dilation = (True, True, True)
 
 
-def _c2_xavier_fill(conv: nn.Conv2d) -> nn.Conv2d:
-    """detectron2 ``c2_xavier_fill``: Caffe2's XavierFill (kaiming uniform, a = 1), bias 0."""
-    nn.init.kaiming_uniform_(conv.weight, a=1)
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
-    return conv
-
-
 class ASPP(nn.Module):
     """detectron2's ASPP (detectron2/layers/aspp.py): a 1x1 and three 3x3 atrous conv-BN-ReLU
     branches, image pooling (average pooling, then a 1x1 conv with bias and ReLU, no BN,
@@ -118,7 +112,7 @@ class ASPP(nn.Module):
         self.dropout = nn.Dropout(dropout)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                _c2_xavier_fill(m)
+                c2_xavier_fill(m)
 
     def forward(self, x):
         size = x.shape[-2:]

@@ -123,18 +123,22 @@ def cmd_precompute(args) -> int:
     results = precompute(source, args.out, estimator=args.estimator,
                          estimator_kwargs=_estimator_kwargs(args), dts=args.dt,
                          every=args.every, step=step, workers=args.workers)
+    _print_videos(results, source, "cached", f"in {args.out}")
+    _print_info(FlowCache(args.out).info())
+    return 0
+
+
+def _print_videos(results: dict, source, verb: str, where: str) -> None:
+    """What a per-video run did: new and earlier videos, then each skipped video and each
+    file that is no video, with why."""
     bad = {k: v for k, v in results.items() if isinstance(v, str) and v.startswith("skipped")}
     before = sum(v == "cached before" for v in results.values())
     ignored = source.ignored
-    print(f"cached {len(results) - len(bad) - before} new and {before} earlier of "
-          f"{len(source)} videos in {args.out}; {len(bad)} skipped"
+    print(f"{verb} {len(results) - len(bad) - before} new and {before} earlier of "
+          f"{len(source)} videos {where}; {len(bad)} skipped"
           + (f", {len(ignored)} not videos" if ignored else ""))
-    for name, why in bad.items():
+    for name, why in (*bad.items(), *ignored.items()):
         print(f"  {name}: {why}")
-    for path, why in ignored.items():
-        print(f"  {path}: {why}")
-    _print_info(FlowCache(args.out).info())
-    return 0
 
 
 def _print_info(info: dict) -> None:
@@ -178,12 +182,7 @@ def cmd_trajectories(args) -> int:
                               workers=args.workers, **kwargs)
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
-    bad = {k: v for k, v in results.items() if isinstance(v, str) and v.startswith("skipped")}
-    before = sum(v == "cached before" for v in results.values())
-    print(f"tracked {len(results) - len(bad) - before} new and {before} earlier of "
-          f"{len(source)} videos into {args.out}; {len(bad)} skipped")
-    for name, why in bad.items():
-        print(f"  {name}: {why}")
+    _print_videos(results, source, "tracked", f"into {args.out}")
     _print_store_info(_store(args.out).info())
     return 0
 

@@ -138,15 +138,10 @@ def cache_video(source, index: int, root: Path, *, estimator, estimator_name: st
     return meta
 
 
-def _worker(args) -> tuple[str, dict | str]:
+def _worker(args) -> dict:
     source, index, root, name, kwargs, dts, every, step = args
-    from ..data.video import VideoError
-    try:
-        return source.name(index), cache_video(
-            source, index, root, estimator=process_estimator(name, kwargs),
-            estimator_name=name, dts=dts, every=every, step=step)
-    except VideoError as e:
-        return source.name(index), f"skipped: {e}"
+    return cache_video(source, index, root, estimator=process_estimator(name, kwargs),
+                       estimator_name=name, dts=dts, every=every, step=step)
 
 
 def precompute(source, root, *, estimator: str, estimator_kwargs: dict | None = None,

@@ -39,26 +39,38 @@ def claim_folder(root: Path, spec_name: str, spec: dict) -> None:
     remove_stale_temporaries(root, recursive=True)
 
 
+def _run(task) -> tuple[str, dict | str]:
+    """One video's job; a video that cannot be decoded is "skipped: why", never an error."""
+    from ..data.video import VideoError
+    worker, job = task
+    source, index = job[:2]
+    try:
+        return source.name(index), worker(job)
+    except VideoError as e:
+        return source.name(index), f"skipped: {e}"
+
+
 def map_videos(source, done_before: set[int], worker, job_args: tuple, *, workers: int,
                desc: str, progress: bool) -> dict:
-    """``worker((source, index, *job_args)) -> (name, result)`` for every video of `source`
-    not in `done_before` and not known unreadable, in `workers` spawned processes. Returns
+    """``worker((source, index, *job_args)) -> result`` for every video of `source` not in
+    `done_before` and not known unreadable, in `workers` spawned processes. Returns
     {video name: result, "cached before" or "skipped: why"}."""
     from tqdm import tqdm
     done = {source.name(i): "cached before" for i in done_before}
     done.update({source.name(i): f"skipped: {source.skipped[str(source.items[i])]}"
                  for i in range(len(source)) if source.is_bad(i) and i not in done_before})
-    jobs = [(source, i, *job_args) for i in range(len(source)) if source.name(i) not in done]
+    jobs = [(worker, (source, i, *job_args)) for i in range(len(source))
+            if source.name(i) not in done]
     bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
         with mp.get_context("spawn").Pool(workers) as pool:
-            for name, result in pool.imap_unordered(worker, jobs):
+            for name, result in pool.imap_unordered(_run, jobs):
                 done[name] = result
                 bar.update(1)
     else:
         for job in jobs:
-            name, result = worker(job)
+            name, result = _run(job)
             done[name] = result
             bar.update(1)
     bar.close()

@@ -200,18 +200,14 @@ def track_video(source, index: int, root: Path, *, spec: dict, estimator=None,
     return meta
 
 
-def _worker(args) -> tuple[str, dict | str]:
+def _worker(args) -> dict:
     source, index, root, spec, estimator_kwargs = args
-    from ..data.video import VideoError
-    try:
-        if "cache" in spec["flow"]:
-            from .cache import FlowCache
-            kw = {"cache": FlowCache(spec["flow"]["cache"])}
-        else:
-            kw = {"estimator": process_estimator(spec["flow"]["estimator"], estimator_kwargs)}
-        return source.name(index), track_video(source, index, root, spec=spec, **kw)
-    except VideoError as e:
-        return source.name(index), f"skipped: {e}"
+    if "cache" in spec["flow"]:
+        from .cache import FlowCache
+        kw = {"cache": FlowCache(spec["flow"]["cache"])}
+    else:
+        kw = {"estimator": process_estimator(spec["flow"]["estimator"], estimator_kwargs)}
+    return track_video(source, index, root, spec=spec, **kw)
 
 
 def build_store(source, root, *, estimator: str | None = None,
