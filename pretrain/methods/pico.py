@@ -68,7 +68,6 @@ class PointViews:
     def __call__(self, frames: torch.Tensor, rngs: list[np.random.Generator],
                  points: torch.Tensor | None = None) -> dict:
         N, K = frames.shape[:2]
-        h, w = self.spec.size
         out = {"view1": [], "view2": [], "pairs": []}
         for n, rng in enumerate(rngs):
             for j in range(max(K - 1, 1)):
