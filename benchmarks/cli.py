@@ -9,7 +9,7 @@ import sys
 COMMAND_MODULES = ("benchmarks.commands.data", "benchmarks.commands.readout",
                    "benchmarks.commands.flow", "benchmarks.commands.pretrain",
                    "benchmarks.commands.track", "benchmarks.commands.demo",
-                   "benchmarks.commands.study")
+                   "benchmarks.commands.study", "benchmarks.commands.sweep")
 
 
 class UserError(Exception):

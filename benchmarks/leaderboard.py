@@ -103,7 +103,8 @@ def our_rows(tracker, suite: str, synthetic: bool) -> list[Row]:
                       tags.get("pretrain_data", ""), synthetic),
                   seeds=str(seeds), checkpoint=tags.get("checkpoint_sha256", "")[:12])
         for name in metrics:
-            if not name.endswith("_std") and name not in ("seeds", "train_seconds"):
+            if not name.endswith("_std") and name not in ("seeds", "train_seconds",
+                                                          "selected_lr"):
                 cell = ours_cell(metrics, name, seeds)
                 if cell:
                     row.cells[name] = cell
@@ -222,6 +223,58 @@ def chart(rows: list[Row], metric: str, path, title: str) -> Path | None:
         [r.ours for r in shown], metric, path, title)
 
 
+# ---- the methods x suites matrix ------------------------------------------------------
+def main_metric(suite: dict) -> str:
+    return "mAP" if suite["task"] == "object_detection" else "mIoU"
+
+
+def matrix(tracker, suites: list[str], metric: str | None, *, published: bool,
+           synthetic: bool) -> tuple[list[str], list[Row]]:
+    """One row per checkpoint (ours) or paper row, one column per suite: ``metric`` (default:
+    each suite's main metric), mean ± std over seeds. Without ``suites``, every suite that
+    has our results. Paper rows fill the columns whose readout they report."""
+    if synthetic and published:
+        raise ValueError("synthetic-world results are never put beside the papers' numbers; "
+                         "drop --published or --synthetic")
+    from .suite import suite_names
+    rows: dict[tuple, Row] = {}
+    columns = []
+    for name in suites or suite_names():
+        suite = load_suite(name)
+        wanted = metric or main_metric(suite)
+        ours = [r for r in our_rows(tracker, name, synthetic) if wanted in r.cells]
+        if not ours and not suites:
+            continue
+        columns.append(name)
+        for r in ours + (published_rows(suite) if published else []):
+            if wanted in r.cells:
+                key = (r.source, r.checkpoint) if r.ours else (
+                    r.source, r.method, r.arch, r.epochs, r.pretrain_data, r.init)
+                row = rows.setdefault(key, Row(r.source, r.method, r.arch, r.epochs,
+                                               r.pretrain_data, r.init, seeds=r.seeds,
+                                               checkpoint=r.checkpoint))
+                row.cells[name] = r.cells[wanted]
+    ordered = sorted(rows.values(), key=lambda r: (not r.ours, r.method, r.source, r.arch,
+                                                   r.checkpoint))
+    return columns, ordered
+
+
+def matrix_table(columns: list[str], rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    body = [[str(getattr(r, k)) for k in FRONT] + [str(r.cells.get(c, "")) for c in columns]
+            for r in rows]
+    return list(FRONT) + columns, body
+
+
+def matrix_chart(columns: list[str], rows: list[Row], path, title: str) -> Path:
+    import numpy as np
+    from . import plots
+    values = np.array([[r.cells[c].mean if c in r.cells else math.nan for c in columns]
+                       for r in rows], dtype=float)
+    labels = [f"{r.method} {r.arch} {r.epochs} "
+              f"({r.checkpoint or r.source})".replace("  ", " ") for r in rows]
+    return plots.matrix_chart(labels, columns, values, [r.ours for r in rows], path, title)
+
+
 # ---- paper tables ----------------------------------------------------------------------
 TABLE_KEYS = {"name", "title", "paper", "table", "columns", "methods", "row_key"}
 OPTIONAL_TABLE_KEYS = {"methods", "row_key"}
@@ -267,7 +320,7 @@ def paper_table(name: str, tracker=None, published: list[dict] | None = None
     row_key = spec.get("row_key", ROW_KEY)
     groups: dict[tuple, list[dict]] = {}
     for r in mine:
-        groups.setdefault(tuple(r[k] for k in row_key), []).append(r)
+        groups.setdefault(tuple(_key_field(r, k) for k in row_key), []).append(r)
     rows = []
     for items in groups.values():
         # fields outside the row key (e.g. FlowE's in-domain data) are listed, joined by /
@@ -275,11 +328,18 @@ def paper_table(name: str, tracker=None, published: list[dict] | None = None
         rows.append(Row(source=f"{spec['paper']} {spec['table']}", method=value["method"],
                         arch=value["arch"], epochs=value["pretrain_epochs"],
                         pretrain_data=value["pretrain_data"], init=value["init"],
-                        setting=items[0]["note"] if "note" in row_key else ""))
+                        setting=next((_key_field(items[0], k) for k in row_key
+                                      if k.startswith("note")), "")))
         _place(spec, rows[-1], items)
     if tracker is not None:
         rows += _fill_ours(spec, rows, tracker)
     return spec, rows
+
+
+def _key_field(row: dict, key: str) -> str:
+    """A row-key field of a published row; ``note_clause``: its note's first clause (what
+    tells apart a table's ablation variants whose notes go on per column)."""
+    return row["note"].split(";")[0] if key == "note_clause" else row[key]
 
 
 def _place(spec: dict, row: Row, items: list[dict]) -> None:

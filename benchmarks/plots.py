@@ -116,6 +116,26 @@ def leaderboard_chart(labels: list[str], means: list[float], stds: list[float],
     return _save(fig, path)
 
 
+def matrix_chart(rows: list[str], columns: list[str], values: np.ndarray, ours: list[bool],
+                 path, title: str):
+    """A heat map of ``values`` [rows, columns] (NaN: no result), each cell written; our
+    rows' labels in orange, published rows' in grey."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.3 * len(columns) + 4, 0.35 * len(rows) + 1.4))
+    ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
+    for i in range(len(rows)):
+        for j in range(len(columns)):
+            if not math.isnan(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=7,
+                        color="white")
+    ax.set_xticks(np.arange(len(columns)), columns, fontsize=7, rotation=30, ha="right")
+    ax.set_yticks(np.arange(len(rows)), rows, fontsize=7)
+    for label, mine in zip(ax.get_yticklabels(), ours):
+        label.set_color("tab:orange" if mine else "tab:gray")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
 def study_chart(board: list[dict], metrics, labels: list[str], methods: list[str], path,
                 title: str):
     """One panel per suite: grouped bars (one per method) for each metric, with the std

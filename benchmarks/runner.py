@@ -21,6 +21,7 @@ from readout.datasets import build_dataset
 from readout.datasets.base import data_root
 from readout.datasets.stats import class_statistics, read_stats_csv, write_stats_csv
 
+from .lr_sweep import HOLDOUT_DEFAULT, select_head, sweep_split
 from .suite import suite_hash
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published"
@@ -46,33 +47,119 @@ def finished_record(run_dir: Path) -> dict | None:
     return record if record.get("status") == "finished" else None
 
 
+LEASE_SECONDS = 300  # a holder renews its lease every LEASE_SECONDS / 4
+
+
+def lock_identity() -> str:
+    """Who holds a key: the Slurm job (array task), which a requeued job keeps on whatever
+    node it lands, else this process."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"slurm:{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    if env.get("SLURM_JOB_ID"):
+        return f"slurm:{env['SLURM_JOB_ID']}"
+    return f"pid:{os.getpid()}"
+
+
+def _holder(fd) -> dict:
+    """``host pid identity lease-end`` as the holder wrote it (older locks: ``host pid``)."""
+    words = os.pread(fd, 300, 0).decode(errors="replace").split()
+    keys = ("host", "pid", "identity", "until")
+    holder = dict(zip(keys, words))
+    holder["until"] = float(holder.get("until", 0))
+    return holder
+
+
+def _describe(holder: dict) -> str:
+    if "pid" not in holder:
+        return "another process"
+    job = holder.get("identity", "")
+    return (f"process {holder['pid']} on {holder['host']}"
+            + (f" (Slurm job {job[6:]})" if job.startswith("slurm:") else ""))
+
+
 @contextmanager
-def record_lock(run_dir: Path):
-    """An exclusive lock on ``<run_dir>/.lock``: a second process with the same key fails
-    fast instead of producing a second result. ``flock`` makes taking it atomic, and the
-    kernel releases it when its holder exits or is killed, so a stale lock cannot exist.
-    The file stays (unlinking it would let two processes lock two different files); it
-    names the current holder for the message."""
+def record_lock(run_dir: Path, lease_seconds: float | None = None):
+    """An exclusive lock on ``<run_dir>/.lock``: a second live process or job with the same
+    key fails fast instead of producing a second result.
+
+    ``flock`` makes taking it atomic on a host, and the kernel releases it when its holder
+    exits or is killed, so a stale lock of this host cannot exist. Across the nodes of a
+    cluster, where a file system may not share ``flock``, the file holds a lease its holder
+    renews: a holder on another node whose lease is live refuses the key; an expired lease,
+    or one held by this very Slurm job (requeued after pre-emption or a timeout, on any
+    node), is taken over. The file stays (unlinking it would let two processes lock two
+    different files)."""
     import fcntl
+    import threading
+    lease = float(os.environ.get("BENCH_LOCK_LEASE_S", LEASE_SECONDS)
+                  if lease_seconds is None else lease_seconds)
     lock = Path(run_dir) / ".lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    me, host = lock_identity(), socket.gethostname()
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+        holder = _holder(fd)
         os.close(fd)
-        who = (f"process {holder[1]} on {holder[0]}" if len(holder) == 2
-               else "another process")
-        raise RunLocked(f"{run_dir} is being run by {who} (lock {lock}); wait for it to "
-                        f"finish") from None
-    try:
+        raise RunLocked(f"{run_dir} is being run by {_describe(holder)} (lock {lock}); wait "
+                        f"for it to finish") from None
+    holder = _holder(fd)
+    if (holder.get("host", host) != host and holder.get("identity") != me
+            and holder["until"] > time.time()):
+        os.close(fd)
+        until = time.strftime("%H:%M:%S", time.localtime(holder["until"]))
+        raise RunLocked(f"{run_dir} is being run by {_describe(holder)} (lock {lock}, lease "
+                        f"renewed until {until}); wait for it to finish") from None
+
+    def write_lease():
+        line = f"{host} {os.getpid()} {me} {time.time() + lease:.1f}".encode()
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{socket.gethostname()} {os.getpid()}".encode(), 0)
+        os.pwrite(fd, line, 0)
+
+    write_lease()
+    done = threading.Event()
+
+    def renew():
+        while not done.wait(lease / 4):
+            write_lease()
+
+    renewer = threading.Thread(target=renew, daemon=True, name="record-lock-lease")
+    renewer.start()
+    try:
         yield
     finally:
+        done.set()
+        renewer.join()
         os.ftruncate(fd, 0)
         os.close(fd)  # releases the flock
+
+
+@contextmanager
+def group_lock(run_dir: Path):
+    """``record_lock`` for a torchrun group: rank 0 takes it for every rank, and a refusal
+    stops every rank with rank 0's message."""
+    from core.runtime import rank_world
+    rank, world = rank_world()
+    if world == 1:
+        with record_lock(run_dir):
+            yield
+        return
+    import torch.distributed as dist
+    held = record_lock(run_dir) if rank == 0 else nullcontext()
+    refused = [None]
+    try:
+        held.__enter__()
+    except RunLocked as e:
+        refused = [str(e)]
+    dist.broadcast_object_list(refused, src=0)
+    if refused[0]:
+        raise RunLocked(refused[0])
+    try:
+        yield
+    finally:
+        held.__exit__(None, None, None)
 
 
 def run_or_reuse(resolved: dict, checkpoint_path, *, seed: int, out_dir="runs",
@@ -80,10 +167,8 @@ def run_or_reuse(resolved: dict, checkpoint_path, *, seed: int, out_dir="runs",
     """The finished record of this key if there is one (unless `force`), else run it.
     With `force` the old folder is kept, renamed ``seedN.replaced-<time>``."""
     from readout.backbone import file_sha256
-    from core.runtime import rank_world
     run_dir = record_dir(out_dir, resolved, file_sha256(checkpoint_path), seed)
-    # under torchrun rank 0 alone cannot lock for the group
-    with record_lock(run_dir) if rank_world()[1] == 1 else nullcontext():
+    with group_lock(run_dir):
         return _reuse_or_run(run_dir, resolved, checkpoint_path, seed, out_dir, force, log,
                              kwargs)
 
@@ -133,6 +218,8 @@ def protocol_kwargs(resolved: dict, seed: int, num_workers: int = 0,
                                               "poly_power", "gamma") if k in p})
     if "lr_steps" in p:  # segmentation counts them in iterations
         optional["lr_steps"] = tuple(int(e) for e in p["lr_steps"])
+    if "lr_sweep" in p:
+        optional["lr_sweep"] = tuple(float(v) for v in p["lr_sweep"])
     return dict(common, iterations=p["iterations"], crop=tuple(p["crop"]), resize=p["resize"],
                 **optional)
 
@@ -204,15 +291,25 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
     else:
         schedule = ReadoutSchedule(**protocol_kwargs(
             resolved, seed, num_workers, train_images=len(model.training_indices(train_set))))
+        train_indices, held = sweep_split(
+            model.training_indices(train_set), schedule.lr_sweep,
+            resolved["protocol"].get("lr_sweep_holdout", HOLDOUT_DEFAULT), seed)
         curve = train_readout(model, train_set, schedule, device=device, work_dir=run_dir,
-                              stop_after=stop_after, progress=progress)
+                              stop_after=stop_after, progress=progress, indices=train_indices)
         if len(curve) < schedule.iterations:
             return {"status": "interrupted", "run_dir": str(run_dir), "iteration": len(curve)}
         schedule_info = {"iterations": schedule.iterations, "lr_steps": list(schedule.lr_steps),
                          "warmup_iterations": schedule.warmup_iterations}
+        if schedule.lr_sweep:
+            extra["lr_sweep"] = select_head(model, evaluate_fn, train_set, eval_set, held,
+                                            schedule.lr_sweep, device=device,
+                                            progress=progress)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     metrics, per_class_metric, per_class = evaluate_fn(model, eval_set, device, progress)
+    if "lr_sweep" in extra and "val_mIoU" in extra["lr_sweep"]:
+        swept = extra["lr_sweep"]
+        swept["val_mIoU"][swept["selected_head"]] = metrics["mIoU"]
     confusion = metrics.pop("confusion", None)
     synthetic = is_synthetic(root)
     record = {
@@ -270,9 +367,11 @@ def _segmentation(resolved, ckpt, train_set, run_dir, log):
     head_kwargs = ({"k": p["k"], "temperature": float(p["temperature"])}
                    if resolved["task"] == "retrieval_segmentation"
                    else resolved.get("head_options", {}))
+    sweep = resolved["protocol"].get("lr_sweep")
     model = build_segmentation_model(ckpt, resolved["head"], train_set.num_classes,
                                      finetune=resolved["finetune"], log=log,
-                                     head_kwargs=head_kwargs)
+                                     head_kwargs=head_kwargs,
+                                     sweep_heads=len(sweep) if sweep else None)
     ev = resolved["eval"]
 
     def evaluate_fn(model, eval_set, device, progress):

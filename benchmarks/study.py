@@ -144,6 +144,17 @@ def source_fingerprint(*objects) -> str:
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def code_fingerprint(root: Path = PROJECT_ROOT) -> str:
+    """sha256 of every source and config file of the suite's packages: the code a study's
+    summary came from, also outside git (a pip-installed copy, a dirty tree)."""
+    h = hashlib.sha256()
+    for package in ("core", "pretrain", "readout", "benchmarks"):
+        for f in sorted((root / package).rglob("*")):
+            if f.suffix in (".py", ".yaml"):
+                h.update(str(f.relative_to(root)).encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def pretraining_fingerprint(method_class, root: Path = PROJECT_ROOT) -> str:
     """The method's ``source_fingerprint`` plus every shared file of ``pretrain/`` and
     ``core/`` (the loop, views, losses, flow, optimizers; not the other methods' files): a
@@ -370,8 +381,8 @@ class Study:
         checks = check_expectations(self.spec.get("expectations", []), board)
         wall = self.record_wall_time(seconds)
         summary = {"study": self.spec["name"], "synthetic": True, "git_sha": git_sha(),
-                   "command": self.command, "seeds": self.seeds, "methods": self.methods,
-                   "world": self.world, "wall_seconds": wall,
+                   "code": code_fingerprint(), "command": self.command, "seeds": self.seeds,
+                   "methods": self.methods, "world": self.world, "wall_seconds": wall,
                    "leaderboard": board, "health": health, "expectations": checks}
         folder = self.out / "summary"
         write_summary(summary, folder)

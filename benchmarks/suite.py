@@ -56,7 +56,10 @@ TASKS = {
         # poly_power with schedule "poly", lr_steps (iterations) and gamma with "step"
         optional={"warmup_iterations": int, "warmup_factor": float, "weight_decay_norm": float,
                   "loss": str, "loss_top_k": float, "poly_power": float, "lr_steps": list,
-                  "gamma": float}),
+                  "gamma": float,
+                  # one head per learning rate on one frozen forward (DINOv2's linear
+                  # eval), the best on a held-out slice of the training split
+                  "lr_sweep": list, "lr_sweep_holdout": float}),
     "object_detection": Task(
         protocol={"epochs": float, "batch_size": int, "optimizer": str, "lr": float,
                   "momentum": float, "weight_decay": float, "schedule": str,
@@ -83,7 +86,7 @@ RANGES = {
     "warmup_iterations": NON_NEGATIVE, "warmup_factor": Range(0, 1, open_low=True),
     "k": AT_LEAST_1, "temperature": POSITIVE, "memory_size": AT_LEAST_1,
     "augment_epochs": AT_LEAST_1, "weight_decay_norm": NON_NEGATIVE,
-    "loss_top_k": Range(0, 1, open_low=True),
+    "loss_top_k": Range(0, 1, open_low=True), "lr_sweep_holdout": Range(0, 0.5, open_low=True),
 }
 
 
@@ -145,6 +148,9 @@ def validate_suite(data: dict, where: str = "suite") -> dict:
     if data["task"] != "semantic_segmentation" and data.get("finetune"):
         raise SuiteError(f"{where}.finetune: {data['task']} readouts exist with a frozen "
                          f"backbone only")
+    if data.get("finetune") and "lr_sweep" in data["protocol"]:
+        raise SuiteError(f"{where}.protocol.lr_sweep: heads share one frozen backbone; a "
+                         f"finetuned one is trained by a single learning rate")
     cited = (*task.cited, *(k for k in task.optional if k in data["protocol"]))
     uncited = [k for k in cited if k not in data["source"]]
     if uncited:
@@ -246,6 +252,15 @@ def _check_protocol(where: str, task: str, p: dict, ev: dict) -> None:
                              f"{p['schedule']!r}")
         if "lr_steps" in p and not all(is_whole(e) and 0 <= e for e in p["lr_steps"]):
             raise SuiteError(f"{where}.protocol.lr_steps: iterations at which lr *= gamma")
+        sweep = p.get("lr_sweep")
+        if sweep is not None and not (isinstance(sweep, list) and sweep and all(
+                is_number(v) and v > 0 for v in sweep) and len(set(sweep)) == len(sweep)):
+            hint = (" (YAML reads 1e-4 as text: write 1.0e-4)"
+                    if any(isinstance(v, str) for v in sweep or []) else "")
+            raise SuiteError(f"{where}.protocol.lr_sweep: distinct learning rates > 0, one "
+                             f"head each, got {sweep!r}{hint}")
+        if "lr_sweep_holdout" in p and sweep is None:
+            raise SuiteError(f"{where}.protocol.lr_sweep_holdout: only with lr_sweep")
     if p.get("loss", "cross_entropy") not in SEG_LOSSES:
         raise SuiteError(f"{where}.protocol.loss: {p['loss']!r} is not one of "
                          f"{', '.join(SEG_LOSSES)}")

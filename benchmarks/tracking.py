@@ -16,6 +16,7 @@ Pretraining runs go to the ``pretrain`` experiment (``pretrain [synthetic]``).
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 import math
 import os
 import statistics
@@ -50,6 +51,25 @@ def store_uri(uri: str | None = None) -> str:
     if uri and "://" not in uri:
         return sqlite_uri(uri)
     return uri or sqlite_uri(DEFAULT_STORE)
+
+
+@contextmanager
+def store_lock(uri: str):
+    """One writer at a time for a SQLite store: processes that log at once (the jobs of a
+    sweep) would otherwise race to create its tables ("table ... already exists") or hit
+    "database is locked". Other stores serialise on their server."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+    path = Path(uri[len("sqlite:///"):])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def sqlite_uri(folder) -> str:
@@ -234,8 +254,11 @@ class Tracker:
                 start_time=epoch_ms(record.get("started")))
             per_class = {f"{record['per_class_metric']}_{c}": v
                          for c, v in record["per_class"].items()}
+            swept = record.get("lr_sweep") or {}
             self._log_metrics(child, {**record["metrics"], **per_class,
-                                      "train_seconds": record["seconds"]["train"]},
+                                      "train_seconds": record["seconds"]["train"],
+                                      **({"selected_lr": swept["selected_lr"]}
+                                         if swept else {})},
                               record["loss_curve"])
             self.client.log_table(child, data={
                 "class": list(record["per_class"]),
@@ -365,15 +388,16 @@ def push_record(record_path, uri: str | None = None, tracker: Tracker | None = N
     stays local and unsynced, and the message says to run ``bench sync``."""
     record_path = Path(record_path)
     uri = tracker.uri if tracker else store_uri(uri)
-    done = synced_run_id(record_path.parent, uri)
-    if done:
-        return done
     try:
-        tracker = tracker or Tracker(uri)
-        if record_path.name == PRETRAIN_RECORD:
-            run_id = tracker.log_pretrain(record_path.parent)
-        else:
-            run_id = tracker.log_readout(record_path.parent)
+        with store_lock(uri):
+            done = synced_run_id(record_path.parent, uri)
+            if done:
+                return done
+            tracker = tracker or Tracker(uri)
+            if record_path.name == PRETRAIN_RECORD:
+                run_id = tracker.log_pretrain(record_path.parent)
+            else:
+                run_id = tracker.log_readout(record_path.parent)
     except Exception as e:  # noqa: BLE001 - tracking must never lose a finished result
         log(f"[mlflow] not logged to {uri}: {type(e).__name__}: {e}\n"
             f"[mlflow] the result is safe in {record_path}; `bench sync` pushes it later")

@@ -77,25 +77,33 @@ def _flow(value, weights):
     return get_estimator(spec["estimator"], **kwargs), None
 
 
-def run(args, on_export=None) -> int:
-    import torch
-    import yaml
-
-    from .config import apply_overrides, differing_keys, load_preset, resolve
-    from .data.samples import make_samples
+def resolve_run(args):
+    """(videos, resolved config) of the command line: the preset, ``--flow`` and overrides,
+    validated against the videos. What `run` trains, and what a Slurm submission checks
+    before it submits."""
+    from .config import apply_overrides, load_preset, resolve
     from .data.video import VideoSource
-    from core.runtime import rank_world, start_process_group
-    from .methods import get_method_class
-    from .train import PretrainSchedule, pretrain
-
     config = load_preset(args.method, args.preset)
     if args.flow:
         config = {**config, "flow": args.flow}
     config = apply_overrides(config, args.overrides)
+    source = VideoSource(args.videos, backend=args.backend)
+    return source, resolve(args.method, config, num_videos=len(source), seed=args.seed)
+
+
+def run(args, on_export=None) -> int:
+    import torch
+    import yaml
+
+    from .config import differing_keys
+    from .data.samples import make_samples
+    from core.runtime import rank_world, start_process_group
+    from .methods import get_method_class
+    from .train import PretrainSchedule, pretrain
+
+    source, resolved = resolve_run(args)
     device = start_process_group()
     rank, world = rank_world()
-    source = VideoSource(args.videos, backend=args.backend)
-    resolved = resolve(args.method, config, num_videos=len(source), seed=args.seed)
     method_cls = get_method_class(args.method)
     estimator = cache = None
     if method_cls.needs_flow:

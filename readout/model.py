@@ -33,6 +33,22 @@ def pixel_loss(logits: torch.Tensor, labels: torch.Tensor, *, loss: str = "cross
     return torch.topk(pixels, max(1, int(top_k * pixels.numel()))).values.mean()
 
 
+class HeadSweep(nn.Module):
+    """K heads of one kind on the same features, one per learning rate of a sweep (DINOv2's
+    linear evaluation: many heads, one frozen forward). Training returns every head's
+    outputs (``out@k``, ``aux@k``); evaluation returns those of the ``active`` head."""
+
+    def __init__(self, heads: list[nn.Module]):
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+        self.active = 0
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not self.training:
+            return self.heads[self.active](feats)
+        return {f"{k}@{i}": v for i, head in enumerate(self.heads) for k, v in head(feats).items()}
+
+
 class SegmentationReadout(nn.Module):
     def __init__(self, *, backbone: nn.Module, head: nn.Module,
                  decoder: nn.Module | None = None, decoder_feature: str = "sdm",
@@ -93,22 +109,28 @@ class SegmentationReadout(nn.Module):
         with autocast(device):
             out = net(images)
         kind = dict(loss=schedule.loss, top_k=schedule.loss_top_k)
-        losses = {"loss_seg": pixel_loss(out["out"].float(), labels, **kind)}
-        if "aux" in out:
-            losses["loss_aux"] = self.head.aux_weight * pixel_loss(out["aux"].float(), labels,
-                                                                   **kind)
+        heads = self.head.heads if isinstance(self.head, HeadSweep) else [self.head]
+        tags = [f"@{i}" for i in range(len(heads))] if isinstance(self.head, HeadSweep) else [""]
+        losses = {}
+        for head, tag in zip(heads, tags):  # heads are independent: the sum trains each alone
+            losses["loss_seg" + tag] = pixel_loss(out["out" + tag].float(), labels, **kind)
+            if "aux" + tag in out:
+                losses["loss_aux" + tag] = head.aux_weight * pixel_loss(
+                    out["aux" + tag].float(), labels, **kind)
         return losses
 
 
 def build_segmentation_model(checkpoint: dict, head: str, num_classes: int, *,
                              finetune: bool = False, log=print,
-                             head_kwargs: dict | None = None) -> SegmentationReadout:
+                             head_kwargs: dict | None = None,
+                             sweep_heads: int | None = None) -> SegmentationReadout:
     """Build the readout of `head` on the checkpoint's backbone (frozen unless finetune).
 
     A decoder in the checkpoint (PooDLe's SDM, stride 8; PiCO's semantic FPN, stride 4) is
     kept for heads that read it (``uses_decoder``: the linear readouts, PooDLe Sec. 4.1,
     PiCO Sec. 4.1): the trunk is then left undilated and the head reads the decoder's
-    output, a feature named by the decoder's kind.
+    output, a feature named by the decoder's kind. ``sweep_heads`` K: a ``HeadSweep`` of K
+    heads, each initialised exactly as the single head would be.
     """
     head_cls = find_head_class(head)
     decoder_entry = checkpoint.get("decoder")
@@ -129,8 +151,19 @@ def build_segmentation_model(checkpoint: dict, head: str, num_classes: int, *,
         order = f", order: {decoder.order}" if kind == "sdm" else ""
         log(f"keeping the checkpoint's {kind} decoder (stride {shapes[kind].stride}{order}) "
             f"for this readout")
-    head_module = head_cls(input_shape=shapes, num_classes=num_classes, **kwargs,
-                           **(head_kwargs or {}))
+    def make_head():
+        return head_cls(input_shape=shapes, num_classes=num_classes, **kwargs,
+                        **(head_kwargs or {}))
+
+    if sweep_heads is None:
+        head_module = make_head()
+    else:
+        rng = torch.get_rng_state()
+        heads = []
+        for _ in range(sweep_heads):
+            torch.set_rng_state(rng)
+            heads.append(make_head())
+        head_module = HeadSweep(heads)
     model = SegmentationReadout(backbone=backbone.to(memory_format=torch.channels_last),
                                 head=head_module, decoder=decoder,
                                 decoder_feature=decoder_entry["kind"] if use_decoder else "sdm",

@@ -52,19 +52,22 @@ class ReadoutSchedule:
     weight_decay_norm: float | None = None  # norm layers' decay (None: weight_decay)
     loss: str = "cross_entropy"  # segmentation: or "hard_pixel_mining" (top loss_top_k)
     loss_top_k: float = 0.2
+    lr_sweep: tuple[float, ...] = ()  # one head per learning rate (model.head: HeadSweep)
     crop: tuple[int, int] | None = None  # segmentation samples only
     resize: dict | None = None
     num_workers: int = 0
     seed: int = 0
 
 
-def learning_rate(s: ReadoutSchedule, iteration: int) -> float:
+def learning_rate(s: ReadoutSchedule, iteration: int, base: float | None = None) -> float:
     """Poly: base (1 - it / total)^power. Step: base gamma^(number of steps passed). Both
-    times detectron2's linear warmup factor f (1 - a) + a, a = it / warmup_iterations."""
+    times detectron2's linear warmup factor f (1 - a) + a, a = it / warmup_iterations. The
+    base is the schedule's lr, or a swept head's own."""
+    base = s.lr if base is None else base
     if s.schedule == "poly":
-        lr = s.lr * (1 - iteration / s.iterations) ** s.poly_power
+        lr = base * (1 - iteration / s.iterations) ** s.poly_power
     elif s.schedule == "step":
-        lr = s.lr * s.gamma ** bisect.bisect_right(sorted(s.lr_steps), iteration)
+        lr = base * s.gamma ** bisect.bisect_right(sorted(s.lr_steps), iteration)
     else:
         raise ValueError(f"unknown schedule {s.schedule!r}; known: poly, step")
     if iteration < s.warmup_iterations:
@@ -80,11 +83,22 @@ NORM_LAYERS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.n
 def parameter_groups(model, s: ReadoutSchedule) -> list[dict]:
     """The trainable parameters; with ``weight_decay_norm`` set, those of norm layers in a
     group of their own with that decay (detectron2 ``get_default_optimizer_params``,
-    SOLVER.WEIGHT_DECAY_NORM)."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    SOLVER.WEIGHT_DECAY_NORM). With ``lr_sweep``, the groups of each head, which carry its
+    learning rate as ``base_lr``."""
+    if not s.lr_sweep:
+        return _groups(model, s)
+    heads = model.head.heads
+    if len(heads) != len(s.lr_sweep):
+        raise ValueError(f"{len(heads)} heads for {len(s.lr_sweep)} swept learning rates")
+    return [dict(group, base_lr=lr) for lr, head in zip(s.lr_sweep, heads)
+            for group in _groups(head, s)]
+
+
+def _groups(module, s: ReadoutSchedule) -> list[dict]:
+    trainable = [p for p in module.parameters() if p.requires_grad]
     if s.weight_decay_norm is None:
         return [{"params": trainable}]
-    norm = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS)
+    norm = {id(p) for m in module.modules() if isinstance(m, NORM_LAYERS)
             for p in m.parameters(recurse=False)}
     return [{"params": [p for p in trainable if id(p) not in norm]},
             {"params": [p for p in trainable if id(p) in norm],
@@ -108,12 +122,14 @@ class _TrainSamples(torch.utils.data.Dataset):
 
 
 def train_readout(model, dataset, schedule: ReadoutSchedule, *, device, work_dir,
-                  stop_after: int | None = None, progress: bool = True) -> list[dict]:
+                  stop_after: int | None = None, progress: bool = True,
+                  indices: list[int] | None = None) -> list[dict]:
     """Train the trainable part of `model`; resumes from ``work_dir/readout_checkpoint.pth``.
 
     Returns the loss curve [{"step", "loss", "lr"}] of all iterations (resumed ones from the
     checkpoint). `stop_after` ends this call after that iteration (a checkpoint is written),
-    as a preempted job would.
+    as a preempted job would. `indices`: the training images (default: the model's
+    ``training_indices``; a learning-rate sweep holds some out).
     """
     device = torch.device(device)
     work_dir = Path(work_dir)
@@ -123,7 +139,7 @@ def train_readout(model, dataset, schedule: ReadoutSchedule, *, device, work_dir
         raise ValueError(f"batch size {schedule.batch_size} is not divisible by {size} ranks")
     per_rank = schedule.batch_size // size
     model.to(device).train()
-    indices = model.training_indices(dataset)
+    indices = model.training_indices(dataset) if indices is None else indices
     if not indices:
         raise ValueError(f"{getattr(dataset, 'name', 'dataset')}: no usable training images")
     optimizer = torch.optim.SGD(parameter_groups(model, schedule), lr=schedule.lr,
@@ -157,7 +173,7 @@ def train_readout(model, dataset, schedule: ReadoutSchedule, *, device, work_dir
     for it, batch in zip(range(start, end), loader):
         lr = learning_rate(schedule, it)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = learning_rate(schedule, it, group.get("base_lr"))
         # randomness inside the step (RPN / ROI box sampling, dropout) is a pure function of
         # (seed, iteration, rank) too, so a resumed run repeats it exactly
         torch.manual_seed(int(np.random.SeedSequence([schedule.seed, it, rank])

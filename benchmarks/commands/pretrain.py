@@ -12,6 +12,11 @@ from pathlib import Path
 from pretrain.cli import add_arguments, at_least, run
 
 
+# the Slurm launcher's options and their defaults (3 days: PooDLe's runs are multi-day)
+SLURM_DEFAULTS = {"nodes": 1, "gpus_per_node": 1, "cpus_per_task": None, "partition": None,
+                  "account": None, "time": 4320, "dry_run": False}
+
+
 def register(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain FlowE / PooDLe / BYOL variants / MoCo v2 "
                                         "on videos",
@@ -30,10 +35,33 @@ def register(sub) -> None:
     p.add_argument("--eval-scale", default=None, help="the eval suite's scale (e.g. smoke)")
     p.add_argument("--eval-data-root", default=None,
                    help="datasets for --eval-every (default: $BENCH_DATA)")
+    slurm = p.add_argument_group(
+        "Slurm", "run it as one multi-node DDP job through submitit instead of here: one task "
+                 "per GPU, rank / world size / master address from the job; a pre-empted or "
+                 "timed-out job is requeued and resumes from its run state")
+    slurm.add_argument("--executor", choices=("slurm",), default=None,
+                       help="slurm: submit the run (default: run it in this process)")
+    slurm.add_argument("--nodes", type=at_least(1), default=SLURM_DEFAULTS["nodes"])
+    slurm.add_argument("--gpus-per-node", type=at_least(1),
+                       default=SLURM_DEFAULTS["gpus_per_node"])
+    slurm.add_argument("--cpus-per-task", type=at_least(1), default=None)
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument("--account", default=None)
+    slurm.add_argument("--time", type=at_least(1), default=SLURM_DEFAULTS["time"], metavar="MIN",
+                       help="time limit in minutes (default 3 days); at the limit the job "
+                            "is requeued and resumes")
+    slurm.add_argument("--dry-run", action="store_true",
+                       help="print the sbatch script submitit would submit; submit nothing")
     p.set_defaults(func=cmd_pretrain)
 
 
 def cmd_pretrain(args) -> int:
+    if args.executor == "slurm":
+        return submit_pretraining(args)
+    given = [k for k, v in SLURM_DEFAULTS.items() if getattr(args, k) != v]
+    if given:
+        from ..cli import UserError
+        raise UserError(f"--{given[0].replace('_', '-')} is for --executor slurm")
     t0 = time.perf_counter()
     on_export = None
     if args.eval_every is not None:
@@ -46,6 +74,62 @@ def cmd_pretrain(args) -> int:
     if record is not None:
         from ..tracking import PRETRAIN_RECORD, push_record
         push_record(Path(args.out) / PRETRAIN_RECORD, uri=args.tracking_uri)
+    return 0
+
+
+class PretrainJob:
+    """The run, in each task of a submitit job: the distributed environment from the job,
+    then `bench pretrain` as given (without ``--executor``). On pre-emption or a timeout
+    submitit calls ``checkpoint``: the same run is requeued and resumes from its state."""
+
+    def __call__(self, args) -> int:
+        from ..slurm import export_distributed_environment
+        export_distributed_environment()
+        code = cmd_pretrain(args)
+        if code:
+            raise RuntimeError(f"bench pretrain exited with {code}")
+        return code
+
+    def checkpoint(self, args):
+        import submitit
+        return submitit.helpers.DelayedSubmission(self, args)
+
+
+def submit_pretraining(args) -> int:
+    """Validate the run here, then submit it (or print its sbatch script)."""
+    import argparse
+    from pretrain.cli import resolve_run
+    from pretrain.methods import get_method_class
+    from ..cli import UserError
+    from ..slurm import SlurmOptions, SlurmUnavailable, sbatch_script, slurm_executor
+    get_method_class(args.method)
+    source, resolved = resolve_run(args)  # a bad preset, key or video folder fails here
+    if args.eval_every is not None:
+        export_evaluator(args)
+    world = args.nodes * args.gpus_per_node
+    batch = resolved["schedule"]["batch_size"]
+    if batch % world:
+        raise UserError(f"schedule.batch_size {batch} is not divisible by {world} GPUs "
+                        f"(--nodes x --gpus-per-node)")
+    options = SlurmOptions(job_name=f"bench-pretrain-{args.method}", time_min=args.time,
+                           partition=args.partition, account=args.account, nodes=args.nodes,
+                           tasks_per_node=args.gpus_per_node, gpus_per_node=args.gpus_per_node,
+                           cpus_per_task=args.cpus_per_task)
+    folder = Path(args.out) / ".slurm" / "%j"
+    print(f"[slurm] {args.method} ({args.preset}) on {len(source)} videos: {args.nodes} "
+          f"node(s) x {args.gpus_per_node} GPU(s), {resolved['schedule']['steps']} steps of "
+          f"{batch}")
+    if args.dry_run:
+        print(sbatch_script(folder, options))
+        return 0
+    try:
+        executor = slurm_executor(folder, options)
+    except SlurmUnavailable as e:
+        raise UserError(str(e)) from None
+    job_args = argparse.Namespace(**{**vars(args), "executor": None, **SLURM_DEFAULTS})
+    job = executor.submit(PretrainJob(), job_args)
+    print(f"[slurm] submitted job {job.job_id}; log {job.paths.stdout}; the run writes "
+          f"{args.out} (rerun the same command to resume it here or submit it again)")
     return 0
 
 

@@ -99,26 +99,37 @@ def _fmt(v: float) -> str:
 
 def cmd_run(args) -> int:
     from core.runtime import rank_world, start_process_group
-    from ..cli import check_device
-    from ..runner import RECORD_NAME, run_or_reuse
-    from ..tracking import push_record
     from readout.backbone import read_checkpoint
+    from ..cli import check_device
     resolved = resolve_suite(args.suite, scale=args.scale, overrides=args.overrides)
     device = check_device(args.device)
     read_checkpoint(args.checkpoint)  # a bad file fails here, before any folder is made
     start_process_group()  # no-op unless launched by torchrun with WORLD_SIZE > 1
-    records = []
-    for seed in range(args.seeds):
-        record = run_or_reuse(resolved, args.checkpoint, data_root_dir=args.data_root,
-                              seed=seed, device=device, out_dir=args.out,
-                              num_workers=args.num_workers, force=args.force,
-                              skip_bad=args.skip_bad)
-        if rank_world()[0] == 0 and record["status"] == "finished":  # local record first
-            push_record(Path(record["run_dir"]) / RECORD_NAME, uri=args.tracking_uri)
-        records.append(record)
+    records = [run_and_log(resolved, args.checkpoint, seed=seed, data_root=args.data_root,
+                           device=device, out=args.out, num_workers=args.num_workers,
+                           force=args.force, skip_bad=args.skip_bad,
+                           tracking_uri=args.tracking_uri)
+               for seed in range(args.seeds)]
     if rank_world()[0] == 0:
         print_records(records)
     return 0
+
+
+def run_and_log(resolved: dict, checkpoint, *, seed: int, data_root=None, device=None,
+                out="runs", num_workers: int = 0, force: bool = False, skip_bad: bool = False,
+                tracking_uri: str | None = None) -> dict:
+    """One seed of `bench run` (and one job of `bench sweep`): the finished record of this
+    key, or the readout run now, then its MLflow run (local record first)."""
+    from core.runtime import rank_world
+    from ..cli import check_device
+    from ..runner import RECORD_NAME, run_or_reuse
+    from ..tracking import push_record
+    record = run_or_reuse(resolved, checkpoint, data_root_dir=data_root, seed=seed,
+                          device=check_device(device), out_dir=out, num_workers=num_workers,
+                          force=force, skip_bad=skip_bad)
+    if rank_world()[0] == 0 and record["status"] == "finished":
+        push_record(Path(record["run_dir"]) / RECORD_NAME, uri=tracking_uri)
+    return record
 
 
 def print_records(records: list[dict]) -> None:
@@ -141,6 +152,13 @@ def print_records(records: list[dict]) -> None:
           f"images): " + ", ".join(
               f"{c} {'absent' if v is None or math.isnan(v) else f'{v:.2f}'}"
               for c, v in first["per_class"].items()))
+    for r in records:
+        if "lr_sweep" in r and len(r["lr_sweep"]["lrs"]) > 1:
+            sweep = r["lr_sweep"]
+            print(f"seed {r['seed']}: lr {sweep['selected_lr']:g} selected of "
+                  f"{', '.join(f'{v:g}' for v in sweep['lrs'])} on "
+                  f"{sweep['holdout_images']} held-out training images (held-out mIoU "
+                  f"{', '.join(f'{v:.2f}' for v in sweep['holdout_mIoU'])})")
     print(f"records: {', '.join(r['run_dir'] for r in records)}")
 
 

@@ -22,8 +22,18 @@ def register(sub) -> None:
     p.add_argument("--tracking-uri", default=None, help=URI_HELP)
     p.set_defaults(func=cmd_sync)
 
-    p = sub.add_parser("leaderboard", help="one row per checkpoint for a suite, from MLflow")
-    p.add_argument("--suite", required=True, help=f"one of: {', '.join(suite_names())}")
+    p = sub.add_parser("leaderboard", help="one row per checkpoint for a suite, or (--matrix) "
+                                           "per checkpoint x suite, from MLflow")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--suite", help=f"one of: {', '.join(suite_names())}")
+    which.add_argument("--matrix", action="store_true",
+                       help="the methods x suites table: one row per checkpoint, one column "
+                            "per suite, mean ± std over seeds")
+    p.add_argument("--suites", nargs="+", default=None, metavar="SUITE",
+                   help="--matrix columns (default: every suite with results)")
+    p.add_argument("--metric", default=None,
+                   help="--matrix cell metric, e.g. mIoU, mIoU_small, mAP (default: each "
+                        "suite's main metric)")
     p.add_argument("--published", action="store_true",
                    help="add the papers' rows (results/published/results.csv)")
     p.add_argument("--synthetic", action="store_true",
@@ -88,6 +98,10 @@ def _tracker(uri):
 
 def cmd_leaderboard(args) -> int:
     from ..leaderboard import chart, leaderboard, metric_columns, to_table
+    if args.matrix:
+        return _matrix(args)
+    if args.suites or args.metric:
+        raise UserError("--suites and --metric are for --matrix")
     if args.suite not in suite_names():
         raise UserError(f"unknown suite {args.suite!r}; known: {', '.join(suite_names())}")
     tracker = _tracker(args.tracking_uri)
@@ -107,6 +121,29 @@ def cmd_leaderboard(args) -> int:
     main = (metric_columns(rows) or ["mIoU"])[0]
     title = f"{args.suite}" + (" - SYNTHETIC world" if args.synthetic else "")
     _output(header, body, args.format, args.out, lambda png: chart(rows, main, png, title))
+    return 0
+
+
+def _matrix(args) -> int:
+    from ..leaderboard import matrix, matrix_chart, matrix_table
+    if args.per_class:
+        raise UserError("--per-class is for one suite (--suite), not --matrix")
+    unknown = sorted(set(args.suites or ()) - set(suite_names()))
+    if unknown:
+        raise UserError(f"--suites {', '.join(unknown)}: unknown; known: "
+                        f"{', '.join(suite_names())}")
+    columns, rows = matrix(_tracker(args.tracking_uri), args.suites, args.metric,
+                           published=args.published, synthetic=args.synthetic)
+    if not rows:
+        print("no results" + (" (synthetic)" if args.synthetic else " on real data")
+              + " for these suites yet: run `bench run` or `bench sweep` first"
+              + ("" if args.synthetic else " (add --synthetic for the synthetic world's)"))
+        return 0
+    header, body = matrix_table(columns, rows)
+    title = f"{args.metric or 'main metric'} per checkpoint and suite" + (
+        " - SYNTHETIC world" if args.synthetic else "")
+    _output(header, body, args.format, args.out,
+            lambda png: matrix_chart(columns, rows, png, title))
     return 0
 
 

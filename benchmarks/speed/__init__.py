@@ -16,3 +16,18 @@ def apply_threads(args) -> str:
     from core.runtime import cpu_cores, set_threads
     threads = set_threads(args.threads or cpu_cores())
     return f"{threads} torch / OpenCV thread(s) of {cpu_cores()} core(s)"
+
+
+def timed_training_step(losses, optimizer, device) -> float:
+    """Seconds of one training step: ``losses()`` (a dict of loss terms), backward and the
+    optimizer step, with CUDA synchronised before the clock stops."""
+    import time
+    import torch
+    t0 = time.perf_counter()
+    loss = sum(losses().values())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.speed import add_threads_argument, apply_threads
+from benchmarks.speed import add_threads_argument, apply_threads, timed_training_step
 from readout.backbone import scratch_checkpoint
 from readout.detection import DETECTORS, build_detection_model
 
@@ -41,15 +41,10 @@ def time_detector(name: str, *, arch: str, size, batch: int, steps: int, device:
     times = []
     for step in range(steps + 1):  # the first step is warm-up, not timed
         data = random_batch(batch, size, rng)
-        t0 = time.perf_counter()
-        loss = sum(model.training_losses(model, data, device).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        seconds = timed_training_step(lambda: model.training_losses(model, data, device),
+                                      opt, device)
         if step:
-            times.append(time.perf_counter() - t0)
+            times.append(seconds)
     model.eval()
     with torch.no_grad():
         t0 = time.perf_counter()

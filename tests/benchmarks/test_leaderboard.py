@@ -124,3 +124,30 @@ def test_rows_sort_by_the_main_metric_best_first():
     rows = [Row("ours", m, "R50", cells={"mIoU": Cell(v, text=str(v))} if v else {})
             for m, v in (("a", 40.0), ("b", None), ("c", 61.5), ("d", 50.0))]
     assert [r.method for r in sort_by_main_metric(rows)] == ["c", "d", "a", "b"]
+
+
+def test_matrix_puts_the_papers_rows_beside_each_other_one_column_per_suite(tmp_path, capsys):
+    out = tmp_path / "matrix.csv"
+    assert main(["leaderboard", "--matrix", "--suites", "bdd_linear", "cityscapes_linear",
+                 "--published", "--tracking-uri", sqlite_uri(tmp_path / "empty"), "--out",
+                 str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0])[-2:] == ["bdd_linear", "cityscapes_linear"]
+    poodle = [r for r in rows if r["source"] == "poodle Table 1" and r["method"] == "PooDLe"
+              and not r["init"]]
+    assert len(poodle) == 1 and poodle[0]["bdd_linear"] == "39.2"
+    for suite in ("bdd_linear", "cityscapes_linear"):  # each cell is the paper's number
+        published = {(r["paper"], r["table"], r["method"], r["arch"], r["value"])
+                     for r in load_published() if r["metric"] == "mIoU"
+                     and _matches_suite(r, suite)}
+        cells = {(*r["source"].split(" ", 1), r["method"].split(" [")[0], r["arch"], r[suite])
+                 for r in rows if r[suite]}
+        assert cells <= published and cells
+    assert main(["leaderboard", "--matrix", "--suites", "nope"]) == 2
+    assert "--suites nope: unknown" in capsys.readouterr().err
+    assert main(["leaderboard", "--suite", "bdd_linear", "--metric", "mIoU"]) == 2
+    assert "--suites and --metric are for --matrix" in capsys.readouterr().err
+
+
+def _matches_suite(row: dict, suite: str) -> bool:
+    return all(row[k] == v for k, v in suite_filter(load_suite(suite)).items())

@@ -43,23 +43,36 @@ def _parameters(module, trainable: bool) -> dict:
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_a_step_trains_the_encoder_and_the_loss_is_the_sum_of_the_terms(name, tiny_root,
-                                                                         tmp_path):
-    """What the contract promises for every method."""
-    method = _method(name)
-    assert isinstance(method, Method) and method.samples in SAMPLES
+def test_a_step_trains_the_encoder_and_a_killed_run_resumes_bit_identical(name, tiny_root,
+                                                                           tmp_path):
+    """What the contract promises for every method: the loss is the sum of its terms, a step
+    moves the encoder, and a run killed after a step and resumed in a fresh process ends
+    where an uninterrupted run ends."""
+    killed = _method(name)
+    assert isinstance(killed, Method) and killed.samples in SAMPLES
     # parameters only: BatchNorm running statistics change in any forward pass, so a check
     # that included them would pass with an optimizer that never updates a weight
-    online0 = _parameters(method.encoder, trainable=True)
-    curve = _run(method, tiny_root, tmp_path, stop_after=1)
+    online0 = _parameters(killed.encoder, trainable=True)
+    curve = _run(killed, tiny_root, tmp_path / "killed", stop_after=1)
     assert len(curve) == 1 and torch.isfinite(torch.tensor(curve[0]["loss"]))
     terms = [k for k in curve[0] if k.startswith("loss_")]
     assert terms and curve[0]["loss"] == pytest.approx(sum(curve[0][k] for k in terms))
-    now = dict(method.encoder.named_parameters())
+    now = dict(killed.encoder.named_parameters())
     moved = [k for k, p in online0.items() if not torch.equal(now[k], p)]
     assert len(moved) >= 0.9 * len(online0)
-    curve = _run(method, tiny_root, tmp_path, stop_after=2)
-    assert [c["step"] for c in curve] == [1, 2]
+
+    resumed = _method(name, seed=9)  # a fresh process, initialised differently
+    curve = _run(resumed, tiny_root, tmp_path / "killed", stop_after=None)
+    assert [c["step"] for c in curve] == [1, 2, 3]
+    full = _method(name)
+    _run(full, tiny_root, tmp_path / "full", stop_after=None)
+    a, b = full.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    from readout.backbone import read_checkpoint
+    ck = read_checkpoint(tmp_path / "killed" / "backbone.pth")
+    assert ck["meta"]["method"] == name and ck["meta"]["iterations"] == 3
+    assert torch.equal(ck["state_dict"]["conv1.weight"], resumed.encoder.state_dict()[
+        "body.conv1.weight"])
 
 
 ONLINE_TARGET = sorted(n for n, c in METHODS.items() if issubclass(c, OnlineTargetMethod))
@@ -103,27 +116,6 @@ def test_moco_methods_have_no_predictor_and_enqueue_a_batch_of_unit_keys(name, t
     online = dict(method.encoder.named_parameters())
     for k, p in method.key_encoder.named_parameters():
         assert torch.allclose(p, m * key0[k] + (1 - m) * online[k], rtol=1e-6, atol=1e-7), k
-
-
-@pytest.mark.parametrize("name", sorted(METHODS))
-def test_resume_after_a_kill_is_bit_identical(name, tiny_root, tmp_path):
-    est = get_estimator("gt")
-    full = _method(name)
-    pretrain(full, _samples(tiny_root, name), SCHEDULE, out_dir=tmp_path / "full", estimator=est,
-             progress=False, log=lambda *_: None)
-    killed = _method(name)
-    pretrain(killed, _samples(tiny_root, name), SCHEDULE, out_dir=tmp_path / "killed", stop_after=1,
-             estimator=est, progress=False, log=lambda *_: None)
-    resumed = _method(name, seed=9)  # a fresh process, initialised differently
-    pretrain(resumed, _samples(tiny_root, name), SCHEDULE, out_dir=tmp_path / "killed",
-             estimator=est, progress=False, log=lambda *_: None)
-    a, b = full.state_dict(), resumed.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    from readout.backbone import read_checkpoint
-    ck = read_checkpoint(tmp_path / "killed" / "backbone.pth")
-    assert ck["meta"]["method"] == name and ck["meta"]["iterations"] == 3
-    assert torch.equal(ck["state_dict"]["conv1.weight"], resumed.encoder.state_dict()[
-        "body.conv1.weight"])
 
 
 def test_flowe_needs_flow(tiny_root, tmp_path):

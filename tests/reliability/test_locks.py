@@ -77,3 +77,71 @@ def test_a_live_holder_is_named_and_a_killed_holder_releases_the_lock(tmp_path):
         holder.wait()
     with record_lock(key):  # no stale lock to clean up: the kernel released it
         assert (key / ".lock").read_text().split()[1] == str(os.getpid())
+
+
+def _lease(key, host, pid, identity, until):
+    (key / ".lock").write_text(f"{host} {pid} {identity} {until:.0f}")
+
+
+@pytest.mark.parametrize("identity, until, taken", [
+    ("slurm:55_3", 86400, True),   # this very job, requeued onto another node
+    ("slurm:77_0", 86400, False),  # another job whose lease is live (a day left)
+    ("slurm:77_0", -1, True),      # a lease its holder stopped renewing
+])
+def test_a_cluster_lease_is_taken_over_by_its_own_requeued_job_or_after_it_expires(
+        identity, until, taken, tmp_path, monkeypatch):
+    """A file system that does not share flock across nodes: the lease decides."""
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "55")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    key = tmp_path / "key"
+    key.mkdir()
+    _lease(key, "node7", 4242, identity, time.time() + until)
+    if taken:
+        with record_lock(key):
+            assert (key / ".lock").read_text().split()[2] == "slurm:55_3"
+    else:
+        with pytest.raises(RunLocked, match="process 4242 on node7 \\(Slurm job 77_0\\).*lease"):
+            with record_lock(key):
+                pass
+
+
+def test_the_holder_renews_its_lease_while_it_runs(tmp_path):
+    key = tmp_path / "key"
+    with record_lock(key, lease_seconds=0.4):
+        first = float((key / ".lock").read_text().split()[3])
+        time.sleep(0.5)
+        assert float((key / ".lock").read_text().split()[3]) > first
+    assert (key / ".lock").read_text() == ""
+
+
+def _rank(rank, port, key, out):
+    import torch.distributed as dist
+    from benchmarks.runner import group_lock
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        with group_lock(key):
+            (out / f"entered{rank}").touch()
+    except RunLocked as e:
+        (out / f"refused{rank}").write_text(str(e))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_torchrun_rank_0_locks_for_the_group_and_a_refusal_stops_every_rank(tmp_path):
+    import torch.multiprocessing as tmp
+    key = tmp_path / "key"
+    port = _free_port()
+    with record_lock(key):  # another live holder of the key
+        tmp.spawn(_rank, args=(port, key, tmp_path), nprocs=2, join=True)
+    assert {p.name for p in tmp_path.iterdir()} == {"key", "refused0", "refused1"}
+    assert f"process {os.getpid()} on" in (tmp_path / "refused1").read_text()
+    tmp.spawn(_rank, args=(_free_port(), key, tmp_path), nprocs=2, join=True)
+    assert (tmp_path / "entered0").is_file() and (tmp_path / "entered1").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
