@@ -78,6 +78,39 @@ def _describe(holder: dict) -> str:
             + (f" (Slurm job {job[6:]})" if job.startswith("slurm:") else ""))
 
 
+def _live_foreign_lease(holder: dict, host: str, me: str) -> bool:
+    """A lease written on another node by another job, and not yet expired."""
+    return (holder.get("host", host) != host and holder.get("identity") != me
+            and holder["until"] > time.time())
+
+
+def _describe_lease(holder: dict) -> str:
+    until = time.strftime("%H:%M:%S", time.localtime(holder["until"]))
+    return f"{_describe(holder)}, lease renewed until {until}"
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """Who holds ``record_lock(run_dir)``, read without taking it (nothing is written, no
+    lease starts): None when ``record_lock`` would be granted to a new process here."""
+    import fcntl
+    lock = Path(run_dir) / ".lock"
+    if not lock.is_file():
+        return None
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _describe(_holder(fd))
+        holder = _holder(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        if _live_foreign_lease(holder, socket.gethostname(), lock_identity()):
+            return _describe_lease(holder)
+        return None
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def record_lock(run_dir: Path, lease_seconds: float | None = None):
     """An exclusive lock on ``<run_dir>/.lock``: a second live process or job with the same
@@ -106,12 +139,10 @@ def record_lock(run_dir: Path, lease_seconds: float | None = None):
         raise RunLocked(f"{run_dir} is being run by {_describe(holder)} (lock {lock}); wait "
                         f"for it to finish") from None
     holder = _holder(fd)
-    if (holder.get("host", host) != host and holder.get("identity") != me
-            and holder["until"] > time.time()):
+    if _live_foreign_lease(holder, host, me):
         os.close(fd)
-        until = time.strftime("%H:%M:%S", time.localtime(holder["until"]))
-        raise RunLocked(f"{run_dir} is being run by {_describe(holder)} (lock {lock}, lease "
-                        f"renewed until {until}); wait for it to finish") from None
+        raise RunLocked(f"{run_dir} is being run by {_describe_lease(holder)} (lock {lock}); "
+                        f"wait for it to finish") from None
 
     def write_lease():
         line = f"{host} {os.getpid()} {me} {time.time() + lease:.1f}".encode()

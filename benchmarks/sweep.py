@@ -17,7 +17,7 @@ from pathlib import Path
 
 import submitit
 
-from .runner import RECORD_NAME, finished_record, record_dir, record_lock, RunLocked
+from .runner import RECORD_NAME, finished_record, lock_holder, record_dir
 from .slurm import SIGNAL_DELAY_S, SlurmOptions, slurm_executor
 
 EXECUTORS = ("local", "slurm")
@@ -145,12 +145,9 @@ class Sweep:
         folder = self.cells[cell]
         if finished_record(folder):
             return "done", str(folder / RECORD_NAME)
-        if folder.is_dir():
-            try:
-                with record_lock(folder):
-                    pass
-            except RunLocked as e:
-                return "running", str(e).split(" is being run by ", 1)[-1]
+        holder = lock_holder(folder)
+        if holder:
+            return "running", holder
         jobs = (self.jobs() if jobs is None else jobs).get(cell, [])
         if not jobs:
             return "pending", ""

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from benchmarks.cli import main
-from benchmarks.runner import RECORD_NAME, finished_record, run_or_reuse
+from benchmarks.runner import RECORD_NAME, finished_record, record_lock, run_or_reuse
 from benchmarks.suite import resolve_suite
 from benchmarks.tracking import sqlite_uri, synced_run_id
 
@@ -102,6 +102,11 @@ def test_a_failing_job_is_reported_with_its_log_and_retried_once(checkpoints, ti
     assert "1 cell(s) failed twice" in said.err
     assert main([*argv, "--status"]) == 0
     assert "failed       cityscapes_knn seed 0" in capsys.readouterr().out
+    (cell,) = out.glob("cityscapes_knn/*/seed0")
+    with record_lock(cell):  # a third try by hand, running now
+        assert main([*argv, "--status"]) == 0
+        assert re.search(r"running +cityscapes_knn seed 0 .*\(process \d+ on ",
+                         capsys.readouterr().out)
     assert main([*argv, "--dry-run"]) == 0  # given up on: not submitted a third time
     assert "; 0 to submit" in capsys.readouterr().out
 

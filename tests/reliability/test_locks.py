@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from benchmarks.runner import RunLocked, record_lock
+from benchmarks.runner import RunLocked, lock_holder, record_lock
 
 HOLD = """
 import fcntl, os, sys, time
@@ -103,6 +103,25 @@ def test_a_cluster_lease_is_taken_over_by_its_own_requeued_job_or_after_it_expir
         with pytest.raises(RunLocked, match="process 4242 on node7 \\(Slurm job 77_0\\).*lease"):
             with record_lock(key):
                 pass
+
+
+def test_the_holder_is_read_without_taking_the_lock(tmp_path, monkeypatch):
+    """``bench sweep --status`` asks who runs a cell: it must agree with ``record_lock`` and
+    write nothing (no lease of its own)."""
+    key = tmp_path / "key"
+    assert lock_holder(key) is None  # never run
+    with record_lock(key):
+        written = (key / ".lock").read_text()
+        assert lock_holder(key) == f"process {os.getpid()} on {socket.gethostname()}"
+        assert (key / ".lock").read_text() == written
+    assert lock_holder(key) is None  # released
+    monkeypatch.setenv("SLURM_JOB_ID", "55")
+    _lease(key, "node7", 4242, "slurm:77_0", time.time() + 86400)
+    assert lock_holder(key).startswith("process 4242 on node7 (Slurm job 77_0), lease renewed")
+    _lease(key, "node7", 4242, "slurm:77_0", time.time() - 1)
+    assert lock_holder(key) is None  # expired: record_lock would take it over
+    _lease(key, "node7", 4242, "slurm:55", time.time() + 86400)
+    assert lock_holder(key) is None  # this very job, requeued
 
 
 def test_the_holder_renews_its_lease_while_it_runs(tmp_path):
