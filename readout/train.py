@@ -182,7 +182,7 @@ def train_readout(model, dataset, schedule: ReadoutSchedule, *, device, work_dir
         loss = sum(parts.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"readout loss is {loss.item()} at iteration {it} "
-                                     f"({ {k: float(v) for k, v in parts.items()} })")
+                                     f"({ {k: float(v.detach()) for k, v in parts.items()} })")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
