@@ -121,6 +121,18 @@ class _TrainSamples(torch.utils.data.Dataset):
         return self.sample_fn(item, rng, self.s)
 
 
+def sync_head_batchnorm(model, device) -> None:
+    """Under DDP, the head's BatchNorm layers (ASPP, UperNet, the linear head's
+    normalisation) take their statistics over every process's batch, as mmsegmentation's
+    readout configs do (``norm_cfg=dict(type='SyncBN')``, configs/_base_/models/*.py): with
+    batch 16 on 8 GPUs a plain BatchNorm would see 2 images. The frozen backbone and decoder
+    keep theirs (eval mode, fixed statistics). SyncBatchNorm runs on CUDA only, so under
+    gloo on CPU each process keeps its own statistics (DDP broadcasts rank 0's buffers)."""
+    head = getattr(model, "head", None)
+    if head is not None and torch.device(device).type == "cuda":
+        model.head = torch.nn.SyncBatchNorm.convert_sync_batchnorm(head)
+
+
 def train_readout(model, dataset, schedule: ReadoutSchedule, *, device, work_dir,
                   stop_after: int | None = None, progress: bool = True,
                   indices: list[int] | None = None) -> list[dict]:
@@ -142,6 +154,8 @@ def train_readout(model, dataset, schedule: ReadoutSchedule, *, device, work_dir
     indices = model.training_indices(dataset) if indices is None else indices
     if not indices:
         raise ValueError(f"{getattr(dataset, 'name', 'dataset')}: no usable training images")
+    if size > 1:
+        sync_head_batchnorm(model, device)
     optimizer = torch.optim.SGD(parameter_groups(model, schedule), lr=schedule.lr,
                                 momentum=schedule.momentum, weight_decay=schedule.weight_decay)
     net = model

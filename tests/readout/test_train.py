@@ -5,7 +5,7 @@ from readout.backbone import scratch_checkpoint
 from readout.datasets import build_dataset
 from readout.heads import HEADS
 from readout.model import build_segmentation_model
-from readout.train import ReadoutSchedule, evaluate, train_readout
+from readout.train import ReadoutSchedule, evaluate, sync_head_batchnorm, train_readout
 
 SCHEDULE = dict(iterations=4, batch_size=2, lr=0.01, momentum=0.9, weight_decay=1e-4,
                 poly_power=0.9, crop=(48, 48), resize={"short_side": [48, 72]}, flip=True,
@@ -115,3 +115,19 @@ def test_a_fixed_test_size_predicts_there_and_scores_at_the_native_size():
     pred = predict(Probe(), image, resize=(64, 128))
     assert seen == [(64, 128)] and pred.shape == (36, 64)
     assert (pred[:, :18] == 0).all() and (pred[:, 22:] == 1).all()
+
+
+@pytest.mark.parametrize("head", ["deeplab_v3", "upernet"])
+def test_under_ddp_on_cuda_the_heads_batchnorm_is_synced_and_the_frozen_backbones_is_not(head):
+    model = _model(head)
+    batchnorms = [m for m in model.head.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    sync_head_batchnorm(model, "cpu")  # gloo: SyncBatchNorm cannot run there
+    assert all(isinstance(m, torch.nn.BatchNorm2d) for m in model.head.modules()
+               if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    state = {k: v.clone() for k, v in model.head.state_dict().items()}
+    sync_head_batchnorm(model, "cuda")  # converting needs no GPU; only running it does
+    synced = [m for m in model.head.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    assert batchnorms and len(synced) == len(batchnorms)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.backbone.modules())
+    after = model.head.state_dict()  # same keys and tensors: checkpoints load either way
+    assert list(after) == list(state) and all(torch.equal(state[k], after[k]) for k in state)
