@@ -93,7 +93,7 @@ NOT_RUN = {
     "cache:flowcache --sync-bn --workers 4 --out runs/flowe": "8 GPUs",
     "bench study --preset tiny --out study_tiny": "the demo ran this study; its rerun is "
                                                   "checked above",
-    "bench study --preset cpu --out study_cpu --export results/study/cpu": "77 min",
+    "bench study --preset cpu --out study_cpu --export results/study/cpu": "119 min",
     "bench study --preset gpu --out study_gpu": "a GPU",
     "bench study --preset cpu --out study_cpu --methods scratch flowe --seeds 1": "20 min",
     "bench run --suite bdd_linear --checkpoint poodle.pth --seeds 3": "a PooDLe checkpoint "
