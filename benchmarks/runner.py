@@ -320,10 +320,11 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
             progress=progress)
         curve = []
     else:
-        schedule = ReadoutSchedule(**protocol_kwargs(
-            resolved, seed, num_workers, train_images=len(model.training_indices(train_set))))
+        indices = model.training_indices(train_set)  # detection: a scan of every box
+        schedule = ReadoutSchedule(**protocol_kwargs(resolved, seed, num_workers,
+                                                     train_images=len(indices)))
         train_indices, held = sweep_split(
-            model.training_indices(train_set), schedule.lr_sweep,
+            indices, schedule.lr_sweep,
             resolved["protocol"].get("lr_sweep_holdout", HOLDOUT_DEFAULT), seed)
         curve = train_readout(model, train_set, schedule, device=device, work_dir=run_dir,
                               stop_after=stop_after, progress=progress, indices=train_indices)

@@ -161,21 +161,17 @@ class Sweep:
             return "queued", f"{last['executor']} job {last['job_id']}"
         return "interrupted", f"{last['executor']} job {last['job_id']} ended without a record"
 
-    def statuses(self) -> dict[Cell, tuple[str, str]]:
+    def statuses(self, jobs: dict | None = None) -> dict[Cell, tuple[str, str]]:
         """Every cell's ``status``, the ledger read once."""
-        jobs = self.jobs()
+        jobs = self.jobs() if jobs is None else jobs
         return {cell: self.status(cell, jobs) for cell in self.cells}
 
     def to_submit(self) -> list[Cell]:
         """Cells with no finished record, no live job, and fewer than two failed jobs."""
         jobs = self.jobs()
-        out = []
-        for cell, (state, _) in self.statuses().items():
-            failed = sum(self.outcome(j) == "error" for j in jobs.get(cell, []))
-            if state in ("pending", "interrupted") or (
-                    state == "failed" and failed < MAX_ATTEMPTS):
-                out.append(cell)
-        return out
+        return [cell for cell, (state, _) in self.statuses(jobs).items()
+                if state in ("pending", "interrupted") or (state == "failed" and sum(
+                    self.outcome(j) == "error" for j in jobs[cell]) < MAX_ATTEMPTS)]
 
     # ---- submission --------------------------------------------------------------------
     def submit(self, executor, kind: str, cells: list[Cell]) -> list:

@@ -109,8 +109,9 @@ class SegmentationReadout(nn.Module):
         with autocast(device):
             out = net(images)
         kind = dict(loss=schedule.loss, top_k=schedule.loss_top_k)
-        heads = self.head.heads if isinstance(self.head, HeadSweep) else [self.head]
-        tags = [f"@{i}" for i in range(len(heads))] if isinstance(self.head, HeadSweep) else [""]
+        swept = isinstance(self.head, HeadSweep)
+        heads = self.head.heads if swept else [self.head]
+        tags = [f"@{i}" for i in range(len(heads))] if swept else [""]
         losses = {}
         for head, tag in zip(heads, tags):  # heads are independent: the sum trains each alone
             losses["loss_seg" + tag] = pixel_loss(out["out" + tag].float(), labels, **kind)
