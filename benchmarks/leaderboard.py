@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from pretrain.catalogue import method_label as catalogue_label
+
 from .suite import load_suite
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -22,12 +24,15 @@ PUBLISHED_CSV = RESULTS / "published" / "results.csv"
 TABLE_DIR = Path(__file__).with_name("tables")
 METRIC_ORDER = ("mIoU", "Acc", "mAcc", "mIoU_small", "mIoU_large", "mIoU_rare", "mIoU_common",
                 "mAP", "AP50", "AP75", "APs", "APm", "APl")
-METHOD_LABELS = {"scratch": "Scratch", "flowe": "FlowE", "poodle": "PooDLe", "byol": "BYOL",
-                 "byol_crop": "BYOL (crop)", "byol_video": "BYOL (crop w/ video)",
-                 "moco_v2": "MoCo v2", "pixpro": "PixPro", "pixpro_flow": "PixPro-flow",
-                 "densecl": "DenseCL", "pico": "PiCO", "static_video": "Static (Video)",
-                 "static_frame": "Static (Frame)",
-                 "torchvision": "Supervised", "supervised": "Supervised (world labels)"}
+# the rows that are no pretraining method; a method's label is in its YAML (pretrain.catalogue)
+BOUND_LABELS = {"scratch": "Scratch", "torchvision": "Supervised",
+                "supervised": "Supervised (world labels)"}
+
+
+def method_label(method: str) -> str:
+    return BOUND_LABELS.get(method) or catalogue_label(method)
+
+
 ARCH_LABELS = {"resnet50": "R50", "resnet18": "R18", "resnet34": "R34", "resnet101": "R101"}
 ROW_KEY = ("method", "arch", "pretrain_epochs", "pretrain_data", "init")
 
@@ -97,7 +102,7 @@ def our_rows(tracker, suite: str, synthetic: bool) -> list[Row]:
         tags, metrics = run["tags"], run["metrics"]
         seeds = int(metrics.get("seeds", 0))
         row = Row(source="ours (SYNTHETIC world)" if synthetic else "ours",
-                  method=METHOD_LABELS.get(tags.get("method", ""), tags.get("method", "?")),
+                  method=method_label(tags.get("method", "")) or "?",
                   arch=ARCH_LABELS.get(tags.get("arch", ""), tags.get("arch", "")),
                   epochs=tags.get("epochs", ""), pretrain_data=data_label(
                       tags.get("pretrain_data", ""), synthetic),
@@ -355,7 +360,7 @@ def _place(spec: dict, row: Row, items: list[dict]) -> None:
 def _fill_ours(spec: dict, rows: list[Row], tracker) -> list[Row]:
     """Put our real-data results into matching paper rows (same method, arch, and the
     paper's pretraining data named in our video folder); the rest become extra rows."""
-    labels = {**METHOD_LABELS, **(spec.get("methods") or {})}
+    labels = spec.get("methods") or {}
     extra: dict[str, Row] = {}
     for col in spec["columns"]:
         if not col.get("suite"):
@@ -366,7 +371,8 @@ def _fill_ours(spec: dict, rows: list[Row], tracker) -> list[Row]:
             if cell is None:
                 continue
             cell.text += " (ours)"
-            method = labels.get(tags.get("method", ""), tags.get("method", "?"))
+            name = tags.get("method", "")
+            method = labels.get(name) or method_label(name) or "?"
             arch = ARCH_LABELS.get(tags.get("arch", ""), tags.get("arch", ""))
             data = tags.get("pretrain_data", "").lower()
             target = next((r for r in rows if not r.ours and r.method == method

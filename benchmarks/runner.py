@@ -3,6 +3,7 @@ local record (metrics.json, resolved_suite.yaml, per_class.csv) that tracking bu
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -37,6 +38,23 @@ def record_dir(out_dir, resolved: dict, checkpoint_sha256: str, seed: int) -> Pa
     """One folder per result key (checkpoint sha256, suite hash, seed)."""
     return (Path(out_dir) / resolved["name"]
             / f"{checkpoint_sha256[:12]}-{suite_hash(resolved)[:8]}" / f"seed{seed}")
+
+
+def checkpoint_key(checkpoint_path, checkpoint: dict | None = None) -> str:
+    """The checkpoint part of a result key: the file's sha256, or, for a trunk converted to
+    the suite's input convention when read (core.reading.to_suite_input: files written
+    before checkpoints declared it), a hash of the sha256 and the convention it was
+    converted from, so that results read out before that conversion existed are not
+    reused. `checkpoint`: the file as read, if at hand."""
+    from readout.backbone import file_sha256, read_checkpoint
+    sha = file_sha256(checkpoint_path)
+    if checkpoint is None:
+        checkpoint = read_checkpoint(checkpoint_path, log=None)
+    converted = checkpoint["meta"].get("input_converted_from")
+    if converted is None:
+        return sha
+    return hashlib.sha256(f"{sha} input {json.dumps(converted, sort_keys=True)}"
+                          .encode()).hexdigest()
 
 
 def finished_record(run_dir: Path) -> dict | None:
@@ -197,8 +215,7 @@ def run_or_reuse(resolved: dict, checkpoint_path, *, seed: int, out_dir="runs",
                  force: bool = False, log=print, **kwargs) -> dict:
     """The finished record of this key if there is one (unless `force`), else run it.
     With `force` the old folder is kept, renamed ``seedN.replaced-<time>``."""
-    from readout.backbone import file_sha256
-    run_dir = record_dir(out_dir, resolved, file_sha256(checkpoint_path), seed)
+    run_dir = record_dir(out_dir, resolved, checkpoint_key(checkpoint_path), seed)
     with group_lock(run_dir):
         return _reuse_or_run(run_dir, resolved, checkpoint_path, seed, out_dir, force, log,
                              kwargs)
@@ -244,9 +261,9 @@ def protocol_kwargs(resolved: dict, seed: int, num_workers: int = 0,
                     lr_steps=tuple(round(e * per_epoch) for e in p["lr_steps"]),
                     gamma=float(p["gamma"]), warmup_iterations=p["warmup_iterations"],
                     warmup_factor=float(p["warmup_factor"]))
-    optional = {k: p[k] for k in ("warmup_iterations", "loss") if k in p}
+    optional = {k: p[k] for k in ("warmup_iterations", "loss", "loss_average") if k in p}
     optional.update({k: float(p[k]) for k in ("warmup_factor", "weight_decay_norm", "loss_top_k",
-                                              "poly_power", "gamma") if k in p})
+                                              "poly_power", "poly_min_lr", "gamma") if k in p})
     if "lr_steps" in p:  # segmentation counts them in iterations
         optional["lr_steps"] = tuple(int(e) for e in p["lr_steps"])
     if "lr_sweep" in p:
@@ -290,9 +307,9 @@ def run_seed(resolved: dict, checkpoint_path, *, data_root_dir=None, seed: int =
 
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     root = data_root(data_root_dir)
-    ckpt = read_checkpoint(checkpoint_path)
+    ckpt = read_checkpoint(checkpoint_path, log=log)
     sha = file_sha256(checkpoint_path)
-    run_dir = record_dir(out_dir, resolved, sha, seed)
+    run_dir = record_dir(out_dir, resolved, checkpoint_key(checkpoint_path, ckpt), seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank_world()[0] == 0:
         remove_stale_temporaries(run_dir, log=log)

@@ -33,7 +33,7 @@ METRICS = ("mIoU", "Acc", "mIoU_small", "mIoU_large", "mIoU_rare", "mIoU_common"
 SCHEMA = {"name": str, "description": str, "cited": str, "world": dict, "seeds": int,
           "methods": list, "pretrain_preset": str, "pretrain_overrides": list,
           "scratch": dict, "supervised": dict, "readouts": list, "expectations": list,
-          "inits": dict, "trajectories": dict}
+          "inits": dict, "trajectories": dict, "leave_out": list}
 REQUIRED = ("name", "description", "cited", "world", "seeds", "methods", "pretrain_preset",
             "scratch", "supervised", "readouts")
 UNINFORMATIVE_BELOW = 1.0  # mIoU points: a comparison of two ~0 numbers says nothing
@@ -53,10 +53,27 @@ def study_names() -> list[str]:
 
 
 def load_study(name: str) -> dict:
+    """The study YAML with its methods: Scratch, Supervised and every method that has the
+    study's pretraining preset (pretrain.catalogue, in display order), less ``leave_out``."""
+    from pretrain.catalogue import methods_with_preset
     path = STUDY_DIR / f"{name}.yaml"
     if not path.is_file():
         raise KeyError(f"unknown study preset {name!r}; known: {', '.join(study_names())}")
-    return validate_study(yaml.safe_load(path.read_text()), path.name)
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise StudyError(f"{path.name}: a study is a mapping")
+    if "methods" in data:
+        raise StudyError(f"{path.name}.methods: a study takes every method with its "
+                         f"pretrain_preset; list the ones it leaves out under leave_out")
+    leave_out = data.get("leave_out", [])
+    members = methods_with_preset(str(data.get("pretrain_preset")))
+    bad = sorted(set(leave_out) - set(members) - set(BOUNDS)) if isinstance(leave_out, list) \
+        else leave_out
+    if bad:
+        raise StudyError(f"{path.name}.leave_out: {bad} are not methods of this study; its "
+                         f"methods: {', '.join([*BOUNDS, *members])}")
+    data["methods"] = [m for m in (*BOUNDS, *members) if m not in leave_out]
+    return validate_study(data, path.name)
 
 
 def validate_study(data: dict, where: str) -> dict:
@@ -402,9 +419,12 @@ class Study:
             curve = json.loads(curve_path.read_text())
             last = curve[-1]
             row.update(steps=len(curve), loss_first=curve[0]["loss"], loss_last=last["loss"])
-            for key in ("proj_std", "mask_kept", "grad_norm"):
+            for key in ("proj_std", "mask_kept", "grad_norm", "chance_loss", "queue_full",
+                        "queue_gap", "queue_gap_dense"):
                 if key in last:
                     row[key] = last[key]
+            for key in sorted(k for k in last if k.startswith("spread_")):
+                row[f"{key}_first"], row[key] = curve[0].get(key), last[key]
             ranks = [c["rankme"] for c in curve if "rankme" in c]
             if ranks:
                 row["rankme"] = ranks[-1]
@@ -525,8 +545,8 @@ def _z(std: float) -> float:
 
 
 def label(method: str) -> str:
-    from .leaderboard import METHOD_LABELS
-    return METHOD_LABELS.get(method, method)
+    from .leaderboard import method_label
+    return method_label(method)
 
 
 def render_leaderboard(board: list[dict], fmt: str) -> str:

@@ -24,7 +24,11 @@ SCHEMA = {
 SPLITS = {"train": str, "eval": str}
 EVAL = {"mode": str, "crop": list, "stride": list, "resize": list}
 SEG_LOSSES = ("cross_entropy", "hard_pixel_mining")
+# cross_entropy's mean: over labelled pixels, or over all pixels with the ignored ones
+# counting 0 (mmsegmentation's CrossEntropyLoss default, avg_non_ignore=False)
+LOSS_AVERAGES = ("labelled", "all_pixels")
 SEG_SCHEDULES = {"poly": ("poly_power",), "step": ("lr_steps", "gamma")}
+SEG_SCHEDULE_OPTIONS = {"poly": ("poly_min_lr",)}  # the poly decay's floor (mmseg eta_min)
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,8 @@ TASKS = {
         # the DeepLab project's hard_pixel_mining loss (DeepLabCE, top loss_top_k of pixels);
         # poly_power with schedule "poly", lr_steps (iterations) and gamma with "step"
         optional={"warmup_iterations": int, "warmup_factor": float, "weight_decay_norm": float,
-                  "loss": str, "loss_top_k": float, "poly_power": float, "lr_steps": list,
+                  "loss": str, "loss_top_k": float, "loss_average": str,
+                  "poly_power": float, "poly_min_lr": float, "lr_steps": list,
                   "gamma": float,
                   # one head per learning rate on one frozen forward (DINOv2's linear
                   # eval), the best on a held-out slice of the training split
@@ -82,7 +87,8 @@ AT_LEAST_1, POSITIVE, NON_NEGATIVE = Range(1), Range(0, open_low=True), Range(0)
 RANGES = {
     "iterations": AT_LEAST_1, "batch_size": AT_LEAST_1, "checkpoint_every": AT_LEAST_1,
     "lr": POSITIVE, "momentum": Range(0, 1, open_high=True), "weight_decay": NON_NEGATIVE,
-    "poly_power": NON_NEGATIVE, "epochs": POSITIVE, "gamma": POSITIVE,
+    "poly_power": NON_NEGATIVE, "poly_min_lr": NON_NEGATIVE, "epochs": POSITIVE,
+    "gamma": POSITIVE,
     "warmup_iterations": NON_NEGATIVE, "warmup_factor": Range(0, 1, open_low=True),
     "k": AT_LEAST_1, "temperature": POSITIVE, "memory_size": AT_LEAST_1,
     "augment_epochs": AT_LEAST_1, "weight_decay_norm": NON_NEGATIVE,
@@ -188,7 +194,7 @@ def _check_head_options(where: str, data: dict) -> None:
                          f"{data['head']!r}; valid keys: {sorted(known)}")
     if options:
         try:
-            head_class(data).check_options(options)
+            head_class(data).check_options(options, crop=data["protocol"].get("crop"))
         except ValueError as e:
             raise SuiteError(f"{where}.head_options: {e}") from None
 
@@ -246,7 +252,9 @@ def _check_protocol(where: str, task: str, p: dict, ev: dict) -> None:
         if missing:
             raise SuiteError(f"{where}.protocol: schedule {p['schedule']!r} needs "
                              f"{', '.join(missing)}")
-        extra = [k for k in ("poly_power", "lr_steps", "gamma") if k in p and k not in needs]
+        allowed = (*needs, *SEG_SCHEDULE_OPTIONS.get(p["schedule"], ()))
+        extra = [k for k in ("poly_power", "poly_min_lr", "lr_steps", "gamma")
+                 if k in p and k not in allowed]
         if extra:
             raise SuiteError(f"{where}.protocol: {', '.join(extra)} do not apply to schedule "
                              f"{p['schedule']!r}")
@@ -264,6 +272,14 @@ def _check_protocol(where: str, task: str, p: dict, ev: dict) -> None:
     if p.get("loss", "cross_entropy") not in SEG_LOSSES:
         raise SuiteError(f"{where}.protocol.loss: {p['loss']!r} is not one of "
                          f"{', '.join(SEG_LOSSES)}")
+    if p.get("loss_average", "labelled") not in LOSS_AVERAGES:
+        raise SuiteError(f"{where}.protocol.loss_average: {p['loss_average']!r} is not one of "
+                         f"{', '.join(LOSS_AVERAGES)}")
+    if "loss_average" in p and p.get("loss", "cross_entropy") != "cross_entropy":
+        raise SuiteError(f"{where}.protocol.loss_average: only with loss cross_entropy")
+    if "poly_min_lr" in p and p["poly_min_lr"] >= p["lr"]:
+        raise SuiteError(f"{where}.protocol.poly_min_lr: {p['poly_min_lr']} is not below lr "
+                         f"{p['lr']}")
     if set(p["resize"]) not in ({"short_side"}, {"scale", "ratio"}):
         raise SuiteError(f"{where}.protocol.resize: either {{short_side: [a, b]}} or "
                          f"{{scale: [w, h], ratio: [r0, r1]}}")

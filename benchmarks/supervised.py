@@ -8,13 +8,12 @@ The run folder holds what a pretraining run holds: ``config.yaml``, ``curve.json
 """
 from __future__ import annotations
 
-import datetime
 import json
 from pathlib import Path
 
 import yaml
 
-from core.checkpoint import git_sha
+from core.checkpoint import make_checkpoint
 
 BACKBONE_NAME = "backbone.pth"
 PROTOCOL_KEYS = ("iterations", "batch_size", "lr", "momentum", "weight_decay", "poly_power",
@@ -73,14 +72,11 @@ def train_supervised(config: dict, *, data_root, out_dir, seed: int, device="cpu
     (out_dir / "curve.json").write_text(json.dumps(curve))
     state = {k: v.detach().cpu().contiguous().clone()  # not channels-last: plain tensors
              for k, v in model.backbone.state_dict().items()}
-    checkpoint = {"format": init["format"], "arch": config["arch"], "state_dict": state,
-                  "decoder": None,
-                  "meta": {"method": "supervised", "pretrain_data": str(data_root),
-                           "epochs": schedule.iterations * schedule.batch_size / len(train_set),
-                           "iterations": schedule.iterations, "config": resolved,
-                           "git_sha": git_sha(), "mlflow_run_id": "",
-                           "created": datetime.datetime.now(
-                               datetime.timezone.utc).isoformat()}}
+    checkpoint = make_checkpoint(
+        arch=config["arch"], state_dict=state, method="supervised",
+        pretrain_data=str(data_root),
+        epochs=schedule.iterations * schedule.batch_size / len(train_set),
+        iterations=schedule.iterations, config=resolved)
     save_checkpoint(checkpoint, done)  # atomic
     (out_dir / "readout_checkpoint.pth").unlink(missing_ok=True)
     return done

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import submitit
 
-from .runner import RECORD_NAME, finished_record, lock_holder, record_dir
+from .runner import RECORD_NAME, checkpoint_key, finished_record, lock_holder, record_dir
 from .slurm import SIGNAL_DELAY_S, SlurmOptions, slurm_executor
 
 EXECUTORS = ("local", "slurm")
@@ -89,7 +89,7 @@ def checkpoints_from_pretrain(folders) -> list[str]:
 
 class Sweep:
     def __init__(self, checkpoints, suites, seeds: int, settings: Settings, log=print):
-        from readout.backbone import file_sha256, read_checkpoint
+        from readout.backbone import read_checkpoint
         from .suite import resolve_suite
         from readout.datasets.base import data_root
         if not checkpoints:
@@ -98,12 +98,12 @@ class Sweep:
         if not root.is_dir():
             raise SweepError(f"--data-root {root}: not a folder; the jobs read the datasets "
                              f"there")
-        for path in checkpoints:  # a bad file fails here, before anything is submitted
-            read_checkpoint(path)
+        sha = {}  # a bad file fails here, before anything is submitted
+        for path in dict.fromkeys(checkpoints):
+            sha[path] = checkpoint_key(path, read_checkpoint(path, log=log))
         self.settings, self.log = settings, log
         self.resolved = {s: resolve_suite(s, scale=settings.scale,
                                           overrides=list(settings.overrides)) for s in suites}
-        sha = {c: file_sha256(c) for c in dict.fromkeys(checkpoints)}
         self.cells = {Cell(c, s, seed): record_dir(settings.out, self.resolved[s], sha[c], seed)
                       for c in sha for s in suites for seed in range(seeds)}
         self.state_dir = Path(settings.out).resolve() / ".sweep"  # job scripts name it

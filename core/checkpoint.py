@@ -10,13 +10,16 @@ from `pretrain`. A ``torch.save``d dict of tensors and plain values (read with
                 {"kind": "fpn", "strides": [4, 8, 16, 32], "state_dict": {...}} (PiCO's
                 semantic FPN: 128-d map at stride 4)
     meta        method, pretrain_data, epochs, iterations, config, git_sha, mlflow_run_id,
-                created (+ e.g. imported_from)
+                created, input (the input convention the trunk was trained on:
+                {mean, std, range, channels}, core.inputs) (+ e.g. imported_from)
 """
 from __future__ import annotations
 
 import datetime
 import subprocess
 from pathlib import Path
+
+from .inputs import IMAGENET, InputConvention
 
 FORMAT = "flowssl-backbone/1"
 
@@ -32,8 +35,11 @@ def git_sha() -> str:
 def make_checkpoint(*, arch: str, state_dict: dict, method: str, decoder: dict | None = None,
                     pretrain_data: str = "", epochs: float = 0, iterations: int = 0,
                     config: dict | None = None, mlflow_run_id: str = "",
-                    with_git_sha: bool = True, **extra_meta) -> dict:
-    """The one builder of a checkpoint dict (tensors detached, on the CPU, copied)."""
+                    with_git_sha: bool = True, input_convention: InputConvention = IMAGENET,
+                    **extra_meta) -> dict:
+    """The one builder of a checkpoint dict (tensors detached, on the CPU, copied);
+    `input_convention`: what the trunk was trained on (every trunk of this suite: ImageNet
+    mean / std, core.inputs)."""
     def plain(state):
         return {k: v.detach().cpu().clone() for k, v in state.items()}
     return {"format": FORMAT, "arch": arch, "state_dict": plain(state_dict),
@@ -44,4 +50,4 @@ def make_checkpoint(*, arch: str, state_dict: dict, method: str, decoder: dict |
                      "git_sha": git_sha() if with_git_sha else "",
                      "mlflow_run_id": mlflow_run_id,
                      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                     **extra_meta}}
+                     "input": input_convention.meta(), **extra_meta}}

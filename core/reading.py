@@ -1,6 +1,8 @@
 """Reading `flowssl-backbone/1` files (core.checkpoint) and loading state dicts exactly: what
 the readouts and a pretraining method that starts from a checkpoint (PiCO's MoCo-v2
-initialisation) both need. A bad file is a one-line CheckpointError naming it."""
+initialisation) both need. A bad file is a one-line CheckpointError naming it. A trunk
+trained on another input convention than this suite's (core.inputs) is converted to it
+when read, with one line saying so."""
 from __future__ import annotations
 
 import hashlib
@@ -10,6 +12,7 @@ import torch
 from torch import nn
 
 from .checkpoint import FORMAT
+from .inputs import IMAGENET, UNNORMALISED, InputConvention, convert_state
 from .trunk import ARCHS, ResNetBackbone
 
 CLASSIFIER_KEYS = ("fc.weight", "fc.bias")
@@ -77,8 +80,49 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Read a `flowssl-backbone/1` file, or wrap a plain torchvision ResNet state dict."""
+def declared_input(checkpoint: dict, path) -> InputConvention:
+    """The input convention a checkpoint's trunk was trained on: its ``meta.input``; for a
+    file without one, what wrote it fed: ``bench pretrain`` exports (their config holds the
+    pretraining schedule) were trained on unnormalised frames in [0, 1] before checkpoints
+    declared it, everything else (torchvision, imports, Scratch, Supervised) on ImageNet's."""
+    meta = checkpoint.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: meta is a {type(meta).__name__}, not a dict")
+    if "input" in meta:
+        try:
+            return InputConvention.from_meta(meta["input"], str(path))
+        except ValueError as e:
+            raise CheckpointError(f"{e}; fix or remove meta.input") from None
+    config = meta.get("config")
+    schedule = config.get("schedule") if isinstance(config, dict) else None
+    if isinstance(schedule, dict) and "steps" in schedule:
+        return UNNORMALISED
+    return IMAGENET
+
+
+def to_suite_input(checkpoint: dict, path, log=print) -> dict:
+    """`checkpoint` with a trunk that takes this suite's inputs (core.inputs.IMAGENET):
+    unchanged when it declares them, else converted (``convert_state``), noted in
+    ``meta.input_converted_from`` and in one logged line."""
+    declared = declared_input(checkpoint, path)
+    meta = checkpoint.setdefault("meta", {})
+    if declared.same_as(IMAGENET):
+        meta["input"] = IMAGENET.meta()
+        return checkpoint
+    checkpoint["state_dict"] = convert_state(checkpoint["state_dict"], declared)
+    meta["input_converted_from"] = declared.meta()
+    meta["input"] = IMAGENET.meta()
+    if log is not None:
+        log(f"{path}: its trunk was trained on {declared.describe()}; converted to "
+            f"{IMAGENET.describe()} (folded into conv1 and bn1: exact but for conv1's "
+            f"3-pixel border)")
+    return checkpoint
+
+
+def read_checkpoint(path: str | Path, log=print) -> dict:
+    """Read a `flowssl-backbone/1` file, or wrap a plain torchvision ResNet state dict; the
+    trunk takes this suite's input convention (``to_suite_input``; `log` gets the line of
+    a conversion)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -99,12 +143,13 @@ def read_checkpoint(path: str | Path) -> dict:
                 raise CheckpointError(f"{path}: decoder kind {kind!r} is not one of "
                                       f"{', '.join(DECODERS)} (or it has no state_dict)")
         obj.setdefault("meta", {})
-        return obj
+        return to_suite_input(obj, path, log)
     if isinstance(obj, dict) and "conv1.weight" in obj and "layer4.0.conv1.weight" in obj:
         arch = guess_arch(obj, path)
         check_backbone_state(arch, obj, path)
         return {"format": FORMAT, "arch": arch, "state_dict": obj,
-                "decoder": None, "meta": {"method": "torchvision", "imported_from": str(path)}}
+                "decoder": None, "meta": {"method": "torchvision", "imported_from": str(path),
+                                          "input": IMAGENET.meta()}}
     keys = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
     raise CheckpointError(f"{path} is neither a {FORMAT} checkpoint nor a torchvision ResNet "
                           f"state dict (top-level keys: {keys})")

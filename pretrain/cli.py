@@ -6,7 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-FLOW_CHOICES = "dis | farneback | raft_small | raft_large | gt | cache:DIR"
+from .catalogue import ESTIMATOR_NAMES, method_names
+
+FLOW_CHOICES = " | ".join((*ESTIMATOR_NAMES, "cache:DIR"))
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -31,8 +33,8 @@ def at_least(lowest: int):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", required=True,
-                   help="flowe | poodle | byol | byol_crop | byol_video | moco_v2")
+    p.add_argument("--method", required=True, metavar="METHOD",
+                   help=f"one of: {', '.join(method_names())}")
     p.add_argument("--videos", required=True,
                    help="a folder of videos / frame folders (searched recursively)")
     p.add_argument("--out", required=True,

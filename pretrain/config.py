@@ -12,9 +12,11 @@ from pathlib import Path
 import yaml
 
 from core.decoders import DECODER_ORDERS
+from core.inputs import IMAGENET
 from core.values import Range, is_number, is_whole, parse_value
 
 from .augment import COLOURS
+from .catalogue import TOP_LEVEL_KEYS
 from .data.samples import SAMPLE_KEYS
 from .flow.estimators import flow_spec
 from .flow.trajectories import FRAME_SELECTIONS
@@ -190,7 +192,7 @@ def load_preset(method: str, preset: str) -> dict:
     if not path.is_file():
         raise ConfigError(f"no config for method {method!r} ({path})")
     doc = yaml.safe_load(path.read_text())
-    _check(doc, {"method", "presets"}, path.name)
+    _check(doc, TOP_LEVEL_KEYS, path.name)
     if doc.get("method") != method:
         raise ConfigError(f"{path.name} is for method {doc.get('method')!r}, not {method!r}")
     if preset not in doc["presets"]:
@@ -240,8 +242,9 @@ def resolve(method: str, config: dict, *, num_videos: int, seed: int) -> dict:
     if "warmup_epochs" in s:
         s["warmup_steps"] = math.ceil(s.pop("warmup_epochs") * steps_per_epoch)
     s["seed"] = seed
+    # what the trunk is fed (core.inputs): a run folder of another convention is not resumed
     return {"method": method, **{k: v for k, v in config.items() if k != "schedule"},
-            "schedule": s}
+            "schedule": s, "input": IMAGENET.meta()}
 
 
 def known_methods() -> list[str]:

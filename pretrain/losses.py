@@ -93,7 +93,14 @@ def dense_infonce_loss(q: torch.Tensor, k: torch.Tensor, q_feat: torch.Tensor,
     cells), both L2-normalised; q_feat / k_feat: backbone features [N, C, S], L2-normalised,
     for the correspondence only; queue: negative keys [D, K].
     """
+    queries, positives = dense_pairs(q, k, q_feat, k_feat)
+    return infonce_loss(queries, positives, queue, temperature)
+
+
+def dense_pairs(q: torch.Tensor, k: torch.Tensor, q_feat: torch.Tensor,
+                k_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DenseCL's (query cell, positive key cell) pairs of ``dense_infonce_loss``, as rows:
+    queries [N S, D] and the key cells whose backbone features are most similar [N S, D]."""
     match = torch.bmm(q_feat.transpose(1, 2), k_feat).argmax(dim=2)  # [N, S]: key cell
     positive = torch.gather(k, 2, match[:, None].expand_as(k))  # [N, D, S]
-    queries = q.transpose(1, 2).flatten(0, 1)  # [N S, D]
-    return infonce_loss(queries, positive.transpose(1, 2).flatten(0, 1), queue, temperature)
+    return q.transpose(1, 2).flatten(0, 1), positive.transpose(1, 2).flatten(0, 1)

@@ -6,13 +6,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from core.inputs import normalize
 from core.trunk import DILATION_FOR_STRIDE, ResNetBackbone
 
 
 class Encoder(nn.Module):
-    """The shared ResNet trunk (core.trunk) at an output stride of 32, 16 or 8 ->
-    {"res2": ..., "res5": ...}. State-dict keys are torchvision's under ``body.``
-    (``backbone_state_dict()`` strips it: the checkpoint contract's names)."""
+    """The shared ResNet trunk (core.trunk) at an output stride of 32, 16 or 8: views, RGB in
+    [0, 1] after their photometric augmentations, are normalised to the suite's input
+    convention (core.inputs, what every readout feeds) -> {"res2": ..., "res5": ...}.
+    State-dict keys are torchvision's under ``body.`` (``backbone_state_dict()`` strips it:
+    the checkpoint contract's names)."""
 
     def __init__(self, *, arch: str = "resnet50", output_stride: int = 32):
         super().__init__()
@@ -27,7 +30,8 @@ class Encoder(nn.Module):
         return self.body.output_shape()
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.body(x)
+        """x: views [N, 3, H, W], RGB in [0, 1]."""
+        return self.body(normalize(x))
 
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
         return {k[len("body."):]: v.detach().cpu().clone() for k, v in self.state_dict().items()}

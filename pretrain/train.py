@@ -6,7 +6,8 @@ on CUDA, per-step deterministic seeding, atomic checkpoints with automatic resum
 on a non-finite loss that keeps the last good checkpoint, a progress bar with loss and
 pairs/s, periodic and final backbone export in the
 ``flowssl-backbone/1`` contract, and the run's health in the curve (each loss term, gradient
-norm, projection std, RankMe, mask fraction; ``pretrain.health``) with a collapse warning.
+norm, projection std, the spread of each head output, RankMe, mask fraction, queue gap;
+``pretrain.health``) with a collapse warning.
 
 Step k's global batch (which videos, which frames, every view's randomness) is a pure
 function of (seed, k, sample index): a resumed run repeats an uninterrupted one exactly
@@ -29,7 +30,7 @@ from core.runtime import (autocast, limit_threads, one_thread_worker, rank_world
 
 from .checkpoint import backbone_checkpoint, write_checkpoint
 from .distributed import mean_over_ranks, sync_batchnorm
-from .health import EmbeddingBuffer, collapse_warning, projection_std
+from .health import EmbeddingBuffer, collapse_warning, output_spreads, projection_std
 from .methods.base import StepContext
 from .optim import LARS, warmup_cosine
 
@@ -177,33 +178,48 @@ def grad_norm(params) -> float:
 
 
 class Health:
-    """Per-step health values from what the method observed (``Method.observe``), RankMe
-    every `every` steps over the last embeddings, and a collapse warning (logged once)."""
+    """Per-step health values from what the method observed (``Method.observe``): the spread
+    of each declared head output (``pretrain.health``) and the first one's projection std
+    every step, RankMe every `every` steps over the last embeddings, the method's scalars
+    (mask fractions, queue gaps), and a collapse warning (logged once) when a spread falls
+    far below its value at the run's first step. `curve`: the steps already done (a resumed
+    run keeps its first step as the reference)."""
 
-    def __init__(self, every: int, seed: int, log):
+    def __init__(self, every: int, seed: int, log, curve: list[dict] | None = None):
         self.every, self.log = every, log
         self.buffer = EmbeddingBuffer(seed=seed)
-        self.warned = False
+        curve = curve or []
+        self.warned = any(c.get("collapse_warning") for c in curve)
+        self.first = ({k: v for k, v in curve[0].items() if k.startswith("spread_")}
+                      if curve else None)
         self.last_rank: float | None = None
 
     def values(self, observed: dict, step: int, last: bool) -> dict[str, float]:
         out = {}
-        z = observed.get("projections")
-        if z is not None:
+        outputs = observed.get("outputs") or {}
+        if outputs:
+            z = next(iter(outputs.values()))
             out["proj_std"] = float(mean_over_ranks(torch.tensor(projection_std(z))))
+        spreads = {key: float(mean_over_ranks(torch.tensor(value)))
+                   for name, z in outputs.items()
+                   for key, value in output_spreads(name, z).items()}
+        out.update(spreads)
+        if self.first is None and spreads:
+            self.first = dict(spreads)
         for name, value in observed.items():
-            if name not in ("projections", "embeddings"):
+            if name not in ("outputs", "embeddings"):
                 out[name] = float(mean_over_ranks(value.float()))
+        rank = None
         if observed.get("embeddings") is not None:
             self.buffer.add(observed["embeddings"])
             if self.every and ((step + 1) % self.every == 0 or last):
-                out["rankme"] = self.last_rank = self.buffer.rankme()
-                if z is not None and not self.warned:
-                    warning = collapse_warning(out["proj_std"], z.shape[1], out["rankme"])
-                    if warning:
-                        self.warned = True
-                        out["collapse_warning"] = 1.0
-                        self.log(f"WARNING step {step + 1}: {warning}")
+                out["rankme"] = self.last_rank = rank = self.buffer.rankme()
+        if not self.warned and (spreads or rank is not None):
+            warning = collapse_warning(spreads, self.first or {}, rank)
+            if warning:
+                self.warned = True
+                out["collapse_warning"] = 1.0
+                self.log(f"WARNING step {step + 1}: {warning}")
         return out
 
 
@@ -269,7 +285,8 @@ def pretrain(method, samples, schedule: PretrainSchedule, *, out_dir, device="cp
         multiprocessing_context="spawn" if workers else None)
     bar = tqdm(total=end - start, desc=f"pretrain {method.name}",
                disable=not progress or rank != 0)
-    health = Health(health_every, schedule.seed, tqdm.write if progress and rank == 0 else log)
+    health = Health(health_every, schedule.seed, tqdm.write if progress and rank == 0 else log,
+                    curve=curve)
     t0 = time.perf_counter()
     for step, batch in zip(range(start, end), loader):
         lr = warmup_cosine(step, schedule.steps, base=schedule.lr, warmup=schedule.warmup_steps)

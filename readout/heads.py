@@ -42,9 +42,14 @@ class ReadoutHead(nn.Module):
     aux_weight = 0.0
 
     @classmethod
-    def check_options(cls, options: dict) -> None:
-        """Raise ValueError for option values the constructor would refuse (suites are
-        validated before any work starts)."""
+    def check_options(cls, options: dict, crop: tuple[int, int] | None = None) -> None:
+        """Raise ValueError for option values the constructor would refuse, or that do not
+        fit the protocol's training `crop` (suites are validated before any work starts)."""
+
+    @classmethod
+    def output_stride(cls) -> int:
+        """The stride of res5 in the trunk this head asks for."""
+        return 32 // 2 ** sum(cls.dilation)
 
 
 @register_head("deeplab_v1")
@@ -58,7 +63,7 @@ class DeepLabV1Head(ReadoutHead):
     NORMS = ("none", "batchnorm")
 
     @classmethod
-    def check_options(cls, options: dict) -> None:
+    def check_options(cls, options: dict, crop=None) -> None:
         if options.get("norm", "none") not in cls.NORMS:
             raise ValueError(f"deeplab_v1 norm {options['norm']!r}: one of "
                              f"{', '.join(cls.NORMS)}")
@@ -98,7 +103,8 @@ class ASPP(nn.Module):
     resized back), a 1x1 conv-BN-ReLU projection and dropout. ``pool_kernel`` None pools
     globally; (h, w) averages windows of that size with stride 1, as the DeepLab project
     sets it to the train crop / 16: global at train time, local windows on larger test
-    images (a window larger than the feature map is cut to it)."""
+    images. A window larger than the feature map is an error, as detectron2's ASPP refuses
+    it (the suite's crop and kernel are checked against each other before a run)."""
 
     def __init__(self, cin: int, channels: int, rates, *, pool_kernel=None,
                  dropout: float = 0.1):
@@ -119,8 +125,12 @@ class ASPP(nn.Module):
         if self.pool_kernel is None:
             pooled = F.adaptive_avg_pool2d(x, 1)
         else:
-            pooled = F.avg_pool2d(x, tuple(min(k, n) for k, n in zip(self.pool_kernel, size)),
-                                  stride=1)
+            if any(k > n for k, n in zip(self.pool_kernel, size)):
+                raise ValueError(f"ASPP image pooling: pool_kernel {list(self.pool_kernel)} is "
+                                 f"larger than the {size[0]}x{size[1]} feature map of this "
+                                 f"input; set head_options.pool_kernel to at most the map "
+                                 f"(the suite's crop / 16), or null to pool globally")
+            pooled = F.avg_pool2d(x, self.pool_kernel, stride=1)
         pooled = F.interpolate(F.relu(self.pool_conv(pooled)), size=size, mode="bilinear",
                                align_corners=False)
         out = torch.cat([b(x) for b in self.branches] + [pooled], dim=1)
@@ -139,12 +149,20 @@ class DeepLabV3Head(ReadoutHead):
     multigrid = (1, 2, 4)
 
     @classmethod
-    def check_options(cls, options: dict) -> None:
+    def check_options(cls, options: dict, crop=None) -> None:
         kernel = options.get("pool_kernel")
         if kernel is not None and not (isinstance(kernel, (list, tuple)) and len(kernel) == 2
                                        and all(isinstance(k, int) and k >= 1 for k in kernel)):
             raise ValueError(f"deeplab_v3 pool_kernel {kernel!r}: [h, w] in feature pixels "
                              f"(the train crop / 16), or null for global pooling")
+        if kernel is not None and crop is not None:
+            stride = cls.output_stride()
+            size = [-(-int(c) // stride) for c in crop]
+            if any(k > n for k, n in zip(kernel, size)):
+                raise ValueError(f"pool_kernel {list(kernel)} is larger than the {size[0]}x"
+                                 f"{size[1]} feature map of the {crop[0]}x{crop[1]} training "
+                                 f"crop (protocol.crop) at output stride {stride}: set it to "
+                                 f"at most {size} (detectron2's ASPP refuses a larger one)")
 
     def __init__(self, *, input_shape: dict[str, ShapeSpec], num_classes: int,
                  channels: int = 256, rates=(6, 12, 18), dropout: float = 0.1,
@@ -174,18 +192,44 @@ class _PPM(nn.Module):
                 for stage in self.stages]
 
 
+def mmseg_init(head: nn.Module, classifiers) -> None:
+    """mmsegmentation's initialisation of a decode head (mmcv ConvModule.init_weights:
+    kaiming_init, i.e. kaiming normal with mode fan_out for ReLU, bias 0, norms weight 1 /
+    bias 0; BaseDecodeHead init_cfg Normal(std=0.01) on conv_seg, bias 0)."""
+    for m in head.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for conv in classifiers:
+        nn.init.normal_(conv.weight, std=0.01)
+        nn.init.zeros_(conv.bias)
+
+
 @register_head("upernet")
 class UperNetHead(ReadoutHead):
     """UperNet as mmsegmentation's UPerHead for ResNet-50: PPM (1, 2, 3, 6) on C5, FPN
     over C2-C5 with 512 channels, fused 3x3 conv, dropout 0.1; auxiliary FCN head on C4
-    (256 channels, one 3x3 conv, dropout 0.1) with loss weight 0.4."""
+    (256 channels, one 3x3 conv, dropout 0.1) with loss weight 0.4. ``init="mmseg"``
+    initialises as mmsegmentation does (``mmseg_init``), ``"pytorch"`` keeps PyTorch's
+    defaults (this suite's before issue 28)."""
 
     aux_weight = 0.4
+    INITS = ("mmseg", "pytorch")
+
+    @classmethod
+    def check_options(cls, options: dict, crop=None) -> None:
+        if options.get("init", "mmseg") not in cls.INITS:
+            raise ValueError(f"upernet init {options['init']!r}: one of {', '.join(cls.INITS)}")
 
     def __init__(self, *, input_shape: dict[str, ShapeSpec], num_classes: int,
                  channels: int = 512, pool_scales=(1, 2, 3, 6), dropout: float = 0.1,
-                 aux_channels: int = 256):
+                 aux_channels: int = 256, init: str = "mmseg"):
         super().__init__()
+        self.check_options({"init": init})
         names = ("res2", "res3", "res4", "res5")
         cin = [input_shape[n].channels for n in names]
         self.ppm = _PPM(cin[-1], channels, pool_scales)
@@ -198,6 +242,8 @@ class UperNetHead(ReadoutHead):
         self.aux = nn.Sequential(_conv_bn_relu(cin[2], aux_channels, 3), nn.Dropout2d(dropout),
                                  nn.Conv2d(aux_channels, num_classes, 1))
         self.names = names
+        if init == "mmseg":
+            mmseg_init(self, (self.classifier[-1], self.aux[-1]))
 
     def forward(self, features):
         c = [features[n] for n in self.names]

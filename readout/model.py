@@ -15,14 +15,22 @@ from .transforms import IGNORE_INDEX, train_transform
 
 
 def pixel_loss(logits: torch.Tensor, labels: torch.Tensor, *, loss: str = "cross_entropy",
-               top_k: float = 0.2) -> torch.Tensor:
+               top_k: float = 0.2, average: str = "labelled") -> torch.Tensor:
     """Segmentation loss of logits [B, C, H, W] against labels [B, H, W] (255: ignored).
 
-    cross_entropy: the mean over labelled pixels. hard_pixel_mining: detectron2's DeepLab
-    project ``DeepLabCE`` (projects/DeepLab/deeplab/loss.py): per-pixel cross-entropy
-    (ignored pixels count with loss 0), the mean of the int(top_k x B H W) largest.
+    cross_entropy: the mean over labelled pixels (``average="labelled"``), or over all
+    pixels with the ignored ones counting 0 (``"all_pixels"``: mmsegmentation's
+    CrossEntropyLoss with avg_non_ignore=False, its default; the gradient is the labelled
+    fraction of the first). hard_pixel_mining: detectron2's DeepLab project ``DeepLabCE``
+    (projects/DeepLab/deeplab/loss.py): per-pixel cross-entropy (ignored pixels count with
+    loss 0), the mean of the int(top_k x B H W) largest.
     """
+    if loss == "cross_entropy" and average == "all_pixels":
+        return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX,
+                               reduction="none").mean()
     if loss == "cross_entropy":
+        if average != "labelled":
+            raise ValueError(f"unknown average {average!r}; known: labelled, all_pixels")
         return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
     if loss != "hard_pixel_mining":
         raise ValueError(f"unknown loss {loss!r}; known: cross_entropy, hard_pixel_mining")
@@ -108,7 +116,8 @@ class SegmentationReadout(nn.Module):
         images, labels = (t.to(device, non_blocking=True) for t in batch)
         with autocast(device):
             out = net(images)
-        kind = dict(loss=schedule.loss, top_k=schedule.loss_top_k)
+        kind = dict(loss=schedule.loss, top_k=schedule.loss_top_k,
+                    average=schedule.loss_average)
         swept = isinstance(self.head, HeadSweep)
         heads = self.head.heads if swept else [self.head]
         tags = [f"@{i}" for i in range(len(heads))] if swept else [""]

@@ -45,6 +45,7 @@ class ReadoutSchedule:
     checkpoint_every: int
     schedule: str = "poly"  # "poly" or "step"
     poly_power: float = 0.9
+    poly_min_lr: float = 0.0  # the poly decay's floor (mmsegmentation's PolyLR eta_min)
     lr_steps: tuple[int, ...] = ()  # iterations where a step schedule multiplies by gamma
     gamma: float = 0.1
     warmup_iterations: int = 0  # linear warmup from warmup_factor (detectron2's rule)
@@ -52,6 +53,7 @@ class ReadoutSchedule:
     weight_decay_norm: float | None = None  # norm layers' decay (None: weight_decay)
     loss: str = "cross_entropy"  # segmentation: or "hard_pixel_mining" (top loss_top_k)
     loss_top_k: float = 0.2
+    loss_average: str = "labelled"  # cross_entropy over labelled pixels, or "all_pixels"
     lr_sweep: tuple[float, ...] = ()  # one head per learning rate (model.head: HeadSweep)
     crop: tuple[int, int] | None = None  # segmentation samples only
     resize: dict | None = None
@@ -60,12 +62,14 @@ class ReadoutSchedule:
 
 
 def learning_rate(s: ReadoutSchedule, iteration: int, base: float | None = None) -> float:
-    """Poly: base (1 - it / total)^power. Step: base gamma^(number of steps passed). Both
-    times detectron2's linear warmup factor f (1 - a) + a, a = it / warmup_iterations. The
-    base is the schedule's lr, or a swept head's own."""
+    """Poly: floor + (base - floor) (1 - it / total)^power (floor 0: DeepLab's; mmengine's
+    PolyLR with eta_min, mmsegmentation's schedules). Step: base gamma^(number of steps
+    passed). Both times detectron2's linear warmup factor f (1 - a) + a, a = it /
+    warmup_iterations. The base is the schedule's lr, or a swept head's own."""
     base = s.lr if base is None else base
     if s.schedule == "poly":
-        lr = base * (1 - iteration / s.iterations) ** s.poly_power
+        floor = min(s.poly_min_lr, base)
+        lr = floor + (base - floor) * (1 - iteration / s.iterations) ** s.poly_power
     elif s.schedule == "step":
         lr = base * s.gamma ** bisect.bisect_right(sorted(s.lr_steps), iteration)
     else:

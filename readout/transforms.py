@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import torch
 
-MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
-STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+from core.inputs import mean_pixel, normalize_uint8
+
 IGNORE_INDEX = 255
 
 
@@ -44,8 +44,8 @@ def random_crop(image, label, rng: np.random.Generator, crop: tuple[int, int]):
     if h < ch or w < cw:  # pad: zeros after normalisation for the image, ignore for labels
         ph, pw = max(ch - h, 0), max(cw - w, 0)
         image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
-        image[h:, :] = MEAN.astype(np.uint8)
-        image[:, w:] = MEAN.astype(np.uint8)
+        image[h:, :] = mean_pixel()
+        image[:, w:] = mean_pixel()
         label = np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
         h, w = image.shape[:2]
     y = int(rng.integers(0, h - ch + 1))
@@ -63,6 +63,6 @@ def train_transform(image, label, rng: np.random.Generator, *, resize: dict | No
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 HxWx3 RGB -> normalised float32 3xHxW."""
-    x = (image.astype(np.float32) - MEAN) / STD
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+    """uint8 HxWx3 RGB -> float32 3xHxW in the suite's input convention (core.inputs, as
+    pretraining feeds its trunks)."""
+    return torch.from_numpy(np.ascontiguousarray(normalize_uint8(image).transpose(2, 0, 1)))

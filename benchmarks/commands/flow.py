@@ -6,11 +6,10 @@ import json
 from fractions import Fraction
 from pathlib import Path
 
+from pretrain.catalogue import ESTIMATOR_NAMES
 from pretrain.cli import at_least
 
 from ..cli import UserError
-
-ESTIMATOR_NAMES = ("dis", "farneback", "raft_small", "raft_large", "gt")
 
 
 def register(sub) -> None:

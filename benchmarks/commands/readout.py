@@ -189,9 +189,13 @@ def cmd_export(args) -> int:
     print(f"exporting {args.path} to {args.to} {args.out}:")
     EXPORTERS[args.to](read_checkpoint(args.path), args.out)
     if args.to == "detectron2":
-        print("detectron2 config for torchvision-style weights: MODEL.RESNETS.STRIDE_IN_1X1 "
-              "False, INPUT.FORMAT RGB, MODEL.PIXEL_MEAN [123.675, 116.28, 103.53], "
-              "MODEL.PIXEL_STD [58.395, 57.12, 57.375]")
+        from core.inputs import IMAGENET
+
+        def in_255(values):
+            return ", ".join(f"{255 * v:.3f}".rstrip("0").rstrip(".") for v in values)
+        print(f"detectron2 config for torchvision-style weights: MODEL.RESNETS.STRIDE_IN_1X1 "
+              f"False, INPUT.FORMAT {IMAGENET.channels}, MODEL.PIXEL_MEAN "
+              f"[{in_255(IMAGENET.mean)}], MODEL.PIXEL_STD [{in_255(IMAGENET.std)}]")
     print(f"wrote {args.out}")
     return 0
 

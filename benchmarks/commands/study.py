@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from pretrain.catalogue import method_names
 from pretrain.cli import at_least
 
 from ..study import study_names
@@ -26,8 +27,9 @@ def register(sub) -> None:
                         f"default tiny)")
     p.add_argument("--out", required=True, help="study folder: data/, pretrain/, runs/, "
                    "mlruns/, summary/")
-    p.add_argument("--methods", nargs="+", default=None,
-                   help="only these methods of the preset (e.g. scratch flowe)")
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help=f"only these of the preset's methods: scratch, supervised, "
+                        f"{', '.join(method_names())}")
     p.add_argument("--seeds", type=at_least(1), default=None,
                    help="seeds 0..N-1 (default: preset's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")

@@ -30,8 +30,10 @@ What a method may hook (defaults do nothing):
   a generator every process draws the same numbers from.
 - ``check_config(model, schedule, where)``: refuse model values that do not fit the
   schedule before any work starts.
-- ``observe(...)`` inside ``losses``: diagnostics (projections, embeddings, mask fractions),
-  logged as the run's health and never added to the loss.
+- ``observe(...)`` inside ``losses``: diagnostics (head outputs, embeddings, mask fractions,
+  queue gaps), logged as the run's health and never added to the loss. ``health_outputs``
+  declares which head outputs the collapse signals read: name -> the module whose output it
+  is, and why that tensor (``pretrain.health``).
 
 What a method owns: every tensor it keeps between steps is a parameter or a buffer of the
 module (a queue, a pointer), so the run state saves it and a resumed run is bit-identical.
@@ -72,6 +74,7 @@ class Method(nn.Module):
     find_unused_parameters = False
     local_batchnorm: tuple[str, ...] = ()
     sync_batchnorm = False
+    health_outputs: dict[str, str] = {}  # signal name -> module producing it (observe)
 
     def __init__(self, *, arch: str = "resnet50", output_stride: int = 32):
         super().__init__()
@@ -110,13 +113,20 @@ class Method(nn.Module):
         self._observed = {}
         return self.losses(views)  # DistributedDataParallel calls forward
 
-    def observe(self, *, projections: torch.Tensor | None = None,
+    def observe(self, *, outputs: dict[str, torch.Tensor] | None = None,
                 embeddings: torch.Tensor | None = None, **scalars: torch.Tensor) -> None:
-        """Health inputs of this step (detached; never part of the loss): online projections
-        and backbone embeddings, [N, D] or dense [N, D, H, W], and scalars such as
-        ``mask_kept``, the fraction of pixels the occlusion / in-view mask keeps."""
-        for name, value in (("projections", projections), ("embeddings", embeddings),
-                            *scalars.items()):
+        """Health inputs of this step (detached; never part of the loss): the head outputs
+        the collapse signals read, by the names of ``health_outputs`` ([N, D] or dense
+        [N, D, H, W]), the embeddings RankMe reads, and scalars such as ``mask_kept``, the
+        fraction of pixels the occlusion / in-view mask keeps."""
+        if outputs:
+            unknown = sorted(set(outputs) - set(self.health_outputs))
+            if unknown:
+                raise ValueError(f"{self.name}: observed outputs {unknown} are not in "
+                                 f"health_outputs {sorted(self.health_outputs)}")
+            held = self._observed.setdefault("outputs", {})
+            held.update({k: v.detach() for k, v in outputs.items()})
+        for name, value in (("embeddings", embeddings), *scalars.items()):
             if value is not None:
                 self._observed[name] = value.detach()
 
@@ -155,6 +165,9 @@ class OnlineTargetMethod(Method):
     step with tau from ``ema_base`` to 1 on a cosine (Sec. 3.2)."""
     dense = False  # 1x1-conv heads on the feature map instead of pooled MLPs
     has_predictor = True  # BYOL's predictor q; PixPro has none (its PPM takes the place)
+    # BYOL's collapse is a constant online projection (and prediction, the loss's input):
+    # pooled vectors, or a dense map's pixels as rows and its per-image means
+    health_outputs = {"projection": "projector", "prediction": "predictor"}
     # BYOL: cross-replica BatchNorm (deepmind-research byol/configs/byol.py bn_config
     # cross_replica_axis); PooDLe and its FlowE: convert_sync_batchnorm (src/train.py)
     sync_batchnorm = True

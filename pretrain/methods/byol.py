@@ -36,7 +36,7 @@ class BYOL(OnlineTargetMethod):
             t1, t2 = self._target(v1), self._target(v2)
         h1, z1, q1 = self._online(v1)
         q2 = self._online(v2)[2]
-        self.observe(projections=z1, embeddings=h1)
+        self.observe(outputs={"projection": z1, "prediction": q1}, embeddings=h1)
         return {"loss_byol": byol_loss(q1, t2) + byol_loss(q2, t1)}
 
 

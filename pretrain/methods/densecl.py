@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import dense_infonce_loss
+from ..health import queue_gap
+from ..losses import dense_pairs, infonce_loss
 from ..optim import ema_update
 from .base import StepContext, momentum_copy, register_method
 from .moco import MoCoV2
@@ -27,6 +28,9 @@ from .moco import MoCoV2
 @register_method("densecl")
 class DenseCL(MoCoV2):
     local_batchnorm = ("key_encoder", "key_head", "key_dense_head")
+    # both branches: the global head's queries and the dense head's cells (pixels as rows,
+    # each cell a query of the dense loss), each with its positive-vs-queue gap
+    health_outputs = {"projection": "head", "dense_projection": "dense_head"}
 
     def __init__(self, *, loss_lambda: float = 0.5, **kw):
         super().__init__(**kw)
@@ -51,13 +55,18 @@ class DenseCL(MoCoV2):
         everyone, keys = self._own_keys(views["view2"])
         self._new_keys = {"queue": everyone["keys"], "queue2": everyone["dense_mean"]}
         res5 = self.encoder(views["view1"])["res5"]
-        q_dense = F.normalize(self.dense_head(res5).flatten(2).float(), dim=1)
+        dense = self.dense_head(res5)
+        q_dense = F.normalize(dense.flatten(2).float(), dim=1)
         q_feat = F.normalize(res5.flatten(2).float(), dim=1)
         lam = self.loss_lambda
-        return {"loss_global": (1 - lam) * self._global_loss(res5, keys["keys"]),
-                "loss_dense": lam * dense_infonce_loss(q_dense, keys["dense"], q_feat,
-                                                       keys["feat"], self.queue2,
-                                                       self.temperature)}
+        loss_global = (1 - lam) * self._global_loss(res5, keys["keys"])
+        # dense_infonce_loss (Eq. 2-3), its pairs kept for the health signals
+        queries, positives = dense_pairs(q_dense, keys["dense"], q_feat, keys["feat"])
+        self.observe(outputs={"dense_projection": dense},
+                     queue_gap_dense=queue_gap(queries, positives, self.queue2))
+        return {"loss_global": loss_global,
+                "loss_dense": lam * infonce_loss(queries, positives, self.queue2,
+                                                 self.temperature)}
 
     @torch.no_grad()
     def after_step(self, ctx: StepContext) -> dict[str, float]:

@@ -73,7 +73,8 @@ class FlowE(OnlineTargetMethod):
         z1 = self.projector(h1)
         p1 = self.predictor(z1)
         z2 = self.target_projector(self.target_encoder(v2)["res5"]).detach()
-        self.observe(projections=z1, embeddings=h1, mask_kept=views["valid"].float().mean())
+        self.observe(outputs={"projection": z1, "prediction": p1}, embeddings=h1,
+                     mask_kept=views["valid"].float().mean())
         size = v1.shape[-2:]
         return {"loss_dense": dense_equivariance_loss(upsampled(p1, size), upsampled(z2, size),
                                                       views["flow"], views["valid"])}

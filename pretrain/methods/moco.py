@@ -31,6 +31,7 @@ from core.runtime import rank_world
 
 from ..augment import COLOURS, CropViews, ViewSpec
 from ..distributed import gather_from_ranks
+from ..health import queue_gap, queue_health
 from ..losses import infonce_loss
 from ..optim import ema_update
 from .base import Method, StepContext, momentum_copy, register_method
@@ -40,6 +41,9 @@ from .base import Method, StepContext, momentum_copy, register_method
 @register_method("moco_v2")
 class MoCoV2(Method):
     local_batchnorm = ("key_encoder", "key_head")  # shuffle BN defines their batches
+    # a contrastive method collapses when every query lands on one point: the head's output
+    # (the loss's queries), read with the positive-vs-queue gap, which is 0 at chance
+    health_outputs = {"projection": "head"}
 
     def __init__(self, *, view_size=(224, 224), crop_area=(0.2, 1.0), hidden: int = 2048,
                  out_dim: int = 128, queue_size: int = 65536, momentum: float = 0.999,
@@ -55,6 +59,7 @@ class MoCoV2(Method):
         self.key_head = momentum_copy(self.head)
         self.register_buffer("queue", F.normalize(torch.randn(out_dim, queue_size), dim=0))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))  # real keys
         self._ctx: StepContext | None = None
         self._new_keys: dict[str, torch.Tensor] | None = None  # queue name -> keys
 
@@ -119,8 +124,10 @@ class MoCoV2(Method):
         """MoCo Eq. 1 for the queries of the res5 maps [n, C, h, w] against their keys."""
         h = res5.mean(dim=(2, 3))
         z = self.head(h)
-        self.observe(projections=z, embeddings=h)
         q = F.normalize(z.float(), dim=1)
+        self.observe(outputs={"projection": z}, embeddings=h,
+                     queue_gap=queue_gap(q, keys, self.queue),
+                     **queue_health(self.queue_filled, self.queue.shape[1]))
         return infonce_loss(q, keys, self.queue, self.temperature)
 
     def losses(self, views: dict) -> dict[str, torch.Tensor]:
@@ -143,4 +150,5 @@ class MoCoV2(Method):
             for name, keys in new.items():  # every queue gets one key per sample
                 getattr(self, name)[:, slots] = keys.T.to(self.queue.dtype)
             self.queue_ptr.fill_((int(self.queue_ptr) + n) % size)
+            self.queue_filled.fill_(min(size, int(self.queue_filled) + n))
         return {}

@@ -14,9 +14,13 @@ here and in pretrain/configs/pico.yaml, and selectable.
 - Not in the paper: temperature, queue size (MoCo-v2's 0.2 and 65,536), the number of
   frames per anchor (``partners``: 1), the view augmentation (MoCo-v2's, on each frame), and
   how a scaled point picks its cell (the cell containing it).
-- Baselines (Sec. 4): ``static_video`` picks frames as PiCO does but assumes zero flow (a
-  point pairs with the same frame position in the other frame); ``static_frame`` makes both
-  views of one frame, so correspondence comes from crops and flips only (VADeR).
+- Baselines (Sec. 4): ``static_video`` picks frames and points as PiCO does but assumes zero
+  flow (a point pairs with the same frame position in the other frame); ``static_frame``
+  makes both views of one frame, so correspondence comes from crops and flips only (VADeR).
+  On one seed the three share the videos, frames, crops and initialisation (a paired
+  comparison: "we can isolate the value point tracking is yielding", Sec. 4); what differs
+  is exactly the second frame's point (PiCO vs Static (Video)) and the second frame and
+  the points (Static (Video) vs Static (Frames)).
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from core.reading import CLASSIFIER_KEYS, load_state_dict_exact, read_checkpoint
 
 from ..augment import COLOURS, ColourSpec, ViewSpec, photometric, render_view, view_matrix
 from ..distributed import gather_from_ranks
+from ..health import queue_gap, queue_health
 from ..losses import infonce_loss
 from ..optim import ema_update
 from .base import Method, StepContext, momentum_copy, register_method
@@ -58,8 +63,10 @@ class PointViews:
     up to `points` point pairs inside both views -> {"view1", "view2": [M, 3, h, w],
     "pairs": [M, points, 4] view pixels (x1, y1, x2, y2), NaN-padded}, M = N x max(K-1, 1).
     ``correspondence="tracks"``: the item's tracked pairs (``points`` [N, K-1, P, 4], frame
-    pixels); ``"static"``: view-1 pixels drawn uniformly, paired with the same frame
-    position in the other frame (zero flow)."""
+    pixels); ``"static"``: zero flow, each point paired with the same frame position in the
+    other frame; the points are PiCO's own (the tracked pairs' anchor-frame ends) when the
+    item has them (Static (Video): only the correspondence differs from PiCO, Sec. 4), else
+    drawn uniformly in view 1 (Static (Frames), one frame, VADeR)."""
     spec: ViewSpec
     colours: dict[str, ColourSpec]
     correspondence: str = "tracks"
@@ -90,7 +97,10 @@ class PointViews:
                                  "tracks)")
             tracked = tracked[torch.isfinite(tracked[:, 0])]
             q1, q2 = to_view(A1, tracked[:, :2]), to_view(A2, tracked[:, 2:])
-        else:
+        elif tracked is not None:  # static_video: PiCO's points, zero flow assumed
+            tracked = tracked[torch.isfinite(tracked[:, 0])]
+            q1, q2 = to_view(A1, tracked[:, :2]), to_view(A2, tracked[:, :2])
+        else:  # static_frame: one frame, VADeR's uniform points
             q1 = torch.from_numpy(rng.uniform((0, 0), (w - 1, h - 1), (self.points, 2))).float()
             q2 = to_view(A2, to_frame(A1, q1))
         inside = torch.ones(len(q1), dtype=torch.bool)
@@ -136,6 +146,9 @@ class PiCO(Method):
     # MoCo-v2's per-GPU BatchNorm; it matters only for an encoder that trains (no init): the
     # frozen encoder keeps its statistics and the decoder normalises with GroupNorm
     sync_batchnorm = False
+    # the point queries of the loss (what trains: decoder and projector; the encoder is
+    # frozen, so RankMe reads the decoder's map, pixels as rows), with the queue gap
+    health_outputs = {"projection": "projector"}
 
     def __init__(self, *, init: str | None = None, freeze_encoder: bool = True,
                  view_size=(224, 224), crop_area=(0.2, 1.0), fpn_channels: int = 256,
@@ -167,6 +180,7 @@ class PiCO(Method):
         self.momentum, self.temperature, self.stride = momentum, temperature, feature_stride
         self.register_buffer("queue", F.normalize(torch.randn(out_dim, queue_size), dim=0))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))  # real keys
         self.view_maker = PointViews(ViewSpec(size=tuple(view_size), area=tuple(crop_area)),
                                      COLOURS["moco_v2"], self.correspondence,
                                      int(points_per_pair))
@@ -191,7 +205,8 @@ class PiCO(Method):
         valid = torch.isfinite(pairs[..., 0])
         with torch.set_grad_enabled(not self.frozen and torch.is_grad_enabled()):
             features = self.encoder(views["view1"])
-        z = self.projector(self.decoder(features))
+        decoded = self.decoder(features)
+        z = self.projector(decoded)
         with torch.no_grad():
             zk = self._key_map(views["view2"])
         q = F.normalize(point_features(z, pairs[..., :2], self.stride).float(), dim=-1)
@@ -199,8 +214,10 @@ class PiCO(Method):
         everyone = gather_from_ranks(torch.cat([k.flatten(0, 1), valid.flatten()[:, None]],
                                                dim=1))
         self._new_keys = everyone[everyone[:, -1] > 0, :-1]
-        self.observe(projections=q[valid], embeddings=features["res5"].mean(dim=(2, 3)),
-                     points_kept=valid.float().mean())
+        self.observe(outputs={"projection": q[valid]}, embeddings=decoded,
+                     points_kept=valid.float().mean(),
+                     queue_gap=queue_gap(q[valid], k[valid], self.queue),
+                     **queue_health(self.queue_filled, self.queue.shape[1]))
         # the mean over every process's pairs: DDP averages the processes' gradients, so
         # each divides its sum by the global count / world (counts differ between them)
         per_world = everyone[:, -1].sum() / rank_world()[1]
@@ -225,6 +242,7 @@ class PiCO(Method):
             slots = (self.queue_ptr + torch.arange(len(new), device=self.queue.device)) % size
             self.queue[:, slots] = new.T.to(self.queue.dtype)
             self.queue_ptr.fill_((int(self.queue_ptr) + len(new)) % size)
+            self.queue_filled.fill_(min(size, int(self.queue_filled) + len(new)))
         return {}
 
     def deviations(self) -> list[str]:

@@ -99,6 +99,9 @@ class PixProFlow(OnlineTargetMethod):
     # the authors convert encoder, projector and their momentum copies to SyncBatchNorm
     # (contrast/models/PixPro.py L289-292)
     sync_batchnorm = True
+    # the projection and the PPM's output (what the loss compares with the target): at a
+    # too-high lr the PPM output collapses first (mean pairwise cosine 0.99999, issue 28)
+    health_outputs = {"projection": "projector", "ppm": "value_transform"}
 
     def __init__(self, *, view_size=(224, 224), area=(0.08, 1.0), alpha=(0.01, 0.5),
                  occlusion_mask: bool = True, mask_units: str = "normalised",
@@ -128,10 +131,11 @@ class PixProFlow(OnlineTargetMethod):
     def losses(self, views: dict) -> dict[str, torch.Tensor]:
         v1, v2 = views["view1"], views["view2"]
         t1, t2 = self._target(v1), self._target(v2)
-        h1, z1, y1 = self._online(v1)
+        h1, z1, y1 = self._online(v1)  # y: the PPM's output, the loss's online side
         y2 = self._online(v2)[2]
         pos12, pos21 = views["pos12"], views["pos21"]
-        self.observe(projections=z1, embeddings=h1, positives=pos12.sum((1, 2)).float().mean(),
+        self.observe(outputs={"projection": z1, "ppm": y1}, embeddings=h1,
+                     positives=pos12.sum((1, 2)).float().mean(),
                      mask_kept=views["held"].mean() if "held" in views else None)
         return {"loss_pixpro": pixel_consistency_loss(y1, t2, pos12)
                 + pixel_consistency_loss(y2, t1, pos21)}

@@ -177,6 +177,10 @@ class PooDLeViews:
 class PooDLe(OnlineTargetMethod):
     dense = True
     needs_flow = True
+    # the dense branch (projection over the decoder, and its prediction) and the pooled
+    # branch's prediction of the subcrops: either can collapse alone
+    health_outputs = {"projection": "projector", "prediction": "predictor",
+                      "pool_prediction": "pool_predictor"}
 
     def __init__(self, *, view_size=(512, 1024), initial_size=(1080, 1920),
                  initial_scale=(0.75, 1.25), crop_geometry: str = "authors",
@@ -223,14 +227,17 @@ class PooDLe(OnlineTargetMethod):
         self.observe(mask_kept=valid.float().mean())
         features = self.encoder(online_x)
         z = self.projector(self.decoder(features))
-        self.observe(projections=z, embeddings=features["res5"])
-        p = upsampled(self.predictor(z), online_x.shape[-2:])
+        prediction = self.predictor(z)
+        self.observe(outputs={"projection": z, "prediction": prediction},
+                     embeddings=features["res5"])
+        p = upsampled(prediction, online_x.shape[-2:])
         with torch.no_grad():
             zt = self.target_projector(self.target_decoder(self.target_encoder(target_x)))
         dense = dense_equivariance_loss(p, upsampled(zt, target_x.shape[-2:]), flow, valid)
         s_online, s_target = views["sub_online"], views["sub_target"]
         n, k = s_online.shape[:2]
         q = self._pooled(s_online.flatten(0, 1), True).unflatten(0, (n, k))
+        self.observe(outputs={"pool_prediction": q.flatten(0, 1)})
         with torch.no_grad():
             zp = self._pooled(s_target.flatten(0, 1), False).unflatten(0, (n, k))
         return {"loss_dense": self.weights[0] * dense,

@@ -128,3 +128,24 @@ def test_gpu_study_preset_runs_at_tiny_size_on_cpu(name, tiny_root, tmp_path):
     curve = pretrain(method, samples, PretrainSchedule(**resolved["schedule"]), out_dir=tmp_path,
                      estimator=get_estimator("gt"), progress=False, log=lambda *_: None)
     assert len(curve) == 1 and math.isfinite(curve[0]["loss"])
+
+
+def test_a_study_takes_every_method_with_its_preset_less_what_it_leaves_out(tmp_path,
+                                                                           monkeypatch):
+    import yaml
+
+    import benchmarks.study as study
+    from pretrain.catalogue import method_names
+    text = (study.STUDY_DIR / "tiny.yaml").read_text()
+    monkeypatch.setattr(study, "STUDY_DIR", tmp_path)
+    (tmp_path / "tiny.yaml").write_text(text)
+    assert load_study("tiny")["methods"] == ["scratch", "supervised", *method_names()]
+    doc = yaml.safe_load(text)
+    (tmp_path / "fewer.yaml").write_text(yaml.safe_dump({**doc, "leave_out": ["byol_crop"]}))
+    assert "byol_crop" not in load_study("fewer")["methods"]
+    (tmp_path / "listed.yaml").write_text(yaml.safe_dump({**doc, "methods": ["flowe"]}))
+    with pytest.raises(StudyError, match="leave_out"):
+        load_study("listed")
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump({**doc, "leave_out": ["flowee"]}))
+    with pytest.raises(StudyError, match="flowee"):
+        load_study("typo")

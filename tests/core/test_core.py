@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from core.checkpoint import FORMAT, make_checkpoint
+from core.inputs import normalize
 from core.io import atomic_path, remove_stale_temporaries, save_torch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,9 +81,9 @@ def test_pretraining_and_readout_compute_the_same_trunk_and_decoder(output_strid
     ck = read_checkpoint(tmp_path / "poodle.pth")
     dilation = {32: (False, False, False), 8: (False, True, True)}[output_stride]
     trunk = build_backbone(ck, dilation=dilation, log=lambda *_: None)
-    x = torch.rand(2, 3, 64, 96)
+    x = torch.rand(2, 3, 64, 96)  # a view in [0, 1]; the readout feeds it normalised
     with torch.no_grad():
-        ours, theirs = method.encoder(x), trunk(x)
+        ours, theirs = method.encoder(x), trunk(normalize(x))
         assert ours.keys() == theirs.keys()
         assert all(torch.equal(ours[k], theirs[k]) for k in ours)
         if output_stride == 32:  # the readout puts the decoder on the undilated trunk

@@ -82,10 +82,35 @@ def test_bench_pretrain_runs_resumes_and_exports(tiny_root, tmp_path, capsys):
     assert "sdm" in capsys.readouterr().out
 
 
-def test_pretrain_help_lists_methods(capsys):
+def _registered(kind: str) -> list[str]:
+    from benchmarks.suite import suite_names
+    from pretrain.flow.estimators import ESTIMATORS
+    from readout.datasets import DATASETS
+    from readout.datasets.base import SegmentationDataset
+    return {"methods": sorted(METHODS), "estimators": sorted(ESTIMATORS),
+            "suites": suite_names(), "datasets": sorted(DATASETS),
+            "segmentation datasets": sorted(n for n, c in DATASETS.items()
+                                            if issubclass(c, SegmentationDataset))}[kind]
+
+
+@pytest.mark.parametrize("command, kind", [
+    (["pretrain"], "methods"), (["study"], "methods"), (["pretrain"], "estimators"),
+    (["flow", "precompute"], "estimators"), (["run"], "suites"),
+    (["data", "check"], "datasets"), (["data", "stats"], "segmentation datasets")])
+def test_help_lists_every_registered_name(capsys, command, kind):
     with pytest.raises(SystemExit):
-        bench(["pretrain", "--help"])
-    assert "poodle" in capsys.readouterr().out
+        bench([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    missing = [name for name in _registered(kind) if name not in text]
+    assert not missing, f"bench {' '.join(command)} --help misses {kind} {missing}"
+
+
+def test_the_catalogue_is_the_registry_and_every_method_has_a_label():
+    from benchmarks.leaderboard import method_label
+    from pretrain.catalogue import method_entries
+    assert sorted(e.name for e in method_entries()) == sorted(METHODS)
+    labels = [method_label(name) for name in METHODS]
+    assert len(set(labels)) == len(labels) and not set(labels) & set(METHODS)
 
 
 def test_workers_and_resume_do_not_change_what_is_trained_even_with_bad_videos(

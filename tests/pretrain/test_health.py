@@ -3,8 +3,10 @@ import math
 import pytest
 import torch
 
-from pretrain.health import (EmbeddingBuffer, collapse_warning, projection_std, rankme)
+from pretrain.health import (EmbeddingBuffer, collapse_warning, output_spreads,
+                             projection_std, queue_gap, rankme, spread)
 from pretrain.methods import METHODS
+from pretrain.methods.base import StepContext
 from pretrain.flow import get_estimator
 from pretrain.train import Health, pretrain
 
@@ -39,22 +41,47 @@ def test_projection_std_is_zero_for_constant_and_one_over_sqrt_d_for_noise():
     assert projection_std(noise) == pytest.approx(1 / math.sqrt(128), rel=0.05)
 
 
-def test_collapse_warning_fires_on_constant_features_only():
-    constant = torch.ones(256, 64)
-    message = collapse_warning(projection_std(constant), 64, rankme(constant))
-    assert message and "collapsing" in message and "RankMe 1.00" in message
-    noise = torch.randn(256, 64, generator=torch.Generator().manual_seed(3))
-    assert collapse_warning(projection_std(noise), 64, rankme(noise)) is None
-    assert collapse_warning(projection_std(noise), 64, 1.2)  # dimensional collapse alone
+def test_spread_is_one_minus_the_mean_pairwise_cosine():
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(50, 16, generator=g)
+    u = torch.nn.functional.normalize(z, dim=1)
+    cos = u @ u.T
+    mean_off_diagonal = (cos.sum() - cos.diagonal().sum()) / (50 * 49)
+    assert spread(z) == pytest.approx(1 - float(mean_off_diagonal), abs=1e-6)
+    assert spread(torch.ones(64, 8) * 2.5) == pytest.approx(0.0, abs=1e-9)
+    dense = torch.randn(4, 8, 5, 5, generator=g)
+    both = output_spreads("dense", dense)
+    assert set(both) == {"spread_dense", "spread_dense_pooled"}
+    assert both["spread_dense_pooled"] == pytest.approx(spread(dense.mean((2, 3))))
+
+
+def test_collapse_warning_is_relative_to_the_first_step():
+    message = collapse_warning({"spread_projection": 0.02}, {"spread_projection": 0.4}, None)
+    assert message and "collapsing" in message and "spread_projection" in message
+    # a dense head that starts at mean pairwise cosine 0.8 and keeps it is healthy
+    assert collapse_warning({"spread_projection": 0.2}, {"spread_projection": 0.2}, 300) is None
+    assert collapse_warning({"spread_projection": 0.0}, {}, None)  # constant from the start
+    assert collapse_warning({"spread_x": 0.5}, {"spread_x": 0.5}, 1.2)  # rank collapse alone
+
+
+def test_queue_gap_is_zero_at_chance_and_positive_when_keys_match():
+    g = torch.Generator().manual_seed(4)
+    q = torch.nn.functional.normalize(torch.randn(32, 16, generator=g), dim=1)
+    queue = torch.nn.functional.normalize(torch.randn(16, 256, generator=g), dim=0)
+    assert float(queue_gap(q, q, queue)) > 0.9
+    far = torch.nn.functional.normalize(torch.randn(32, 16, generator=g), dim=1)
+    assert abs(float(queue_gap(q, far, queue))) < 0.15
 
 
 def test_health_logs_the_collapse_once_and_keeps_the_buffer_bounded():
     lines = []
     health = Health(every=1, seed=0, log=lines.append)
     for step in range(3):
-        out = health.values({"projections": torch.ones(8, 16), "embeddings": torch.ones(8, 32),
+        out = health.values({"outputs": {"projection": torch.ones(8, 16)},
+                             "embeddings": torch.ones(8, 32),
                              "mask_kept": torch.tensor(0.25)}, step, last=False)
         assert out["proj_std"] == pytest.approx(0.0, abs=1e-6)
+        assert out["spread_projection"] == pytest.approx(0.0, abs=1e-6)
         assert out["rankme"] == pytest.approx(1.0, abs=1e-3)
         assert out["mask_kept"] == 0.25
     assert len(lines) == 1 and "WARNING step 1" in lines[0]
@@ -62,6 +89,45 @@ def test_health_logs_the_collapse_once_and_keeps_the_buffer_bounded():
     for _ in range(10):
         buffer.add(torch.randn(64, 8))
     assert 100 <= sum(r.shape[0] for r in buffer.rows) < 130
+
+
+def _views(name, tiny_root, method, step):
+    from pretrain.train import StepBatches
+    batches = StepBatches(_samples(tiny_root, name), SCHEDULE, view_maker=method.view_maker,
+                          needs_flow=method.needs_flow, flow=get_estimator("gt"))
+    return batches[step]["views"]
+
+
+def _last_layer(module: torch.nn.Module) -> torch.nn.Module:
+    return [m for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]
+
+
+SIGNALS = [(name, signal) for name in sorted(METHODS)
+           for signal in METHODS[name].health_outputs]
+
+
+@pytest.mark.parametrize("name, signal", SIGNALS)
+def test_a_collapsed_head_output_raises_the_warning_naming_it(name, signal, tiny_root):
+    """A healthy first step, then the module that makes `signal` is made to give one output
+    for every input (its last layer: zero weights, a constant bias), as a collapsed run
+    does: the next step warns and names that output."""
+    method = _method(name).train()
+    lines = []
+    health = Health(every=0, seed=0, log=lines.append)
+    with torch.no_grad():
+        method.before_step(StepContext(step=0, total=2, seed=0))
+        method(_views(name, tiny_root, method, 0))
+        first = health.values(method.pop_observed(), 0, last=False)
+        assert "collapse_warning" not in first and lines == []
+        assert first[f"spread_{signal}"] > 0.01
+        layer = _last_layer(getattr(method, METHODS[name].health_outputs[signal]))
+        layer.weight.zero_()
+        layer.bias.fill_(1.0)
+        method.before_step(StepContext(step=1, total=2, seed=0))
+        method(_views(name, tiny_root, method, 1))
+        second = health.values(method.pop_observed(), 1, last=False)
+    assert second["collapse_warning"] == 1.0 and second[f"spread_{signal}"] < 1e-3
+    assert len(lines) == 1 and f"spread_{signal}" in lines[0]
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -74,6 +140,16 @@ def test_curve_has_health_and_the_loss_is_only_the_loss_terms(name, tiny_root, t
         assert terms and entry["loss"] == pytest.approx(sum(terms), rel=1e-6)
         assert entry["grad_norm"] > 0 and 0 < entry["proj_std"] <= 1
         assert 1 <= entry["rankme"] <= 512
+        assert "collapse_warning" not in entry  # two healthy smoke steps
+        for signal in METHODS[name].health_outputs:
+            assert 0 < entry[f"spread_{signal}"] <= 2
+        if "queue_full" in curve[-1]:  # queue methods: 0 real keys at step 1, then some
+            assert 0 <= entry["queue_full"] <= 1 and entry["chance_loss"] > 0
+            assert -2 <= entry["queue_gap"] <= 2
+    has_queue = "queue" in dict(_method(name).named_buffers())
+    assert ("queue_full" in curve[-1]) == has_queue
+    if has_queue:
+        assert curve[0]["queue_full"] == 0 < curve[1]["queue_full"]
         if METHODS[name].needs_flow:
             assert 0 < entry["mask_kept"] <= 1
         else:

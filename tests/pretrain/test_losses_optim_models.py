@@ -5,6 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
+from core.inputs import normalize
 from pretrain.checkpoint import backbone_checkpoint, write_checkpoint
 from pretrain.flow.geometry import in_view
 from pretrain.losses import byol_loss, dense_equivariance_loss
@@ -99,7 +100,7 @@ def test_exported_backbone_loads_in_readout_with_the_same_features(tmp_path):
     ck = read_checkpoint(path)
     assert ck["meta"]["method"] == "flowe" and math.isfinite(ck["meta"]["epochs"])
     readout_backbone = build_backbone(ck, dilation=(False, True, True), log=lambda *_: None)
-    x = torch.randn(1, 3, 64, 96)
+    x = torch.rand(1, 3, 64, 96)  # a view in [0, 1]; readouts feed it normalised
     with torch.no_grad():
-        a, b = enc(x), readout_backbone(x)
+        a, b = enc(x), readout_backbone(normalize(x))
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

@@ -129,3 +129,44 @@ def test_a_tracks_method_without_a_store_or_with_a_bad_config_value_is_refused(t
         config = apply_overrides(load_preset("pico", "smoke"), [override])
         with pytest.raises(ConfigError, match=says):
             resolve("pico", config, num_videos=4, seed=0)
+
+
+def test_pico_and_its_static_baselines_differ_exactly_as_sec_4_says(tiny_root):
+    """On one seed and step the loop hands the three the same videos, anchor frames, crops
+    and point draws (a paired comparison); PiCO and Static (Video) differ only in where a
+    point lands in the second frame (tracked vs the same frame position), Static (Video)
+    and Static (Frames) in the second frame (another frame vs the anchor again) and the
+    points (PiCO's vs uniform)."""
+    from pretrain.train import StepBatches
+    from tests.helpers import data_overrides
+    schedule = PretrainSchedule(steps=1, batch_size=2, optimizer="sgd", lr=0.1,
+                                weight_decay=1e-4, seed=5)
+    source = VideoSource(tiny_root / "bdd100k" / "videos")
+    views = {}
+    for name in ("pico", "static_video", "static_frame"):
+        config = apply_overrides(load_preset(name, "smoke"), data_overrides(name, tiny_root))
+        method = get_method_class(name)(**config["model"])
+        samples = make_samples(method.samples, source, config["data"], seed=5)
+        views[name] = StepBatches(samples, schedule, view_maker=method.view_maker)[0]["views"]
+    pico, video, frame = views["pico"], views["static_video"], views["static_frame"]
+    assert torch.equal(pico["view1"], video["view1"]) and torch.equal(pico["view2"], video["view2"])
+    def shared(a, b):
+        """Pairs of a and b (per sample) with the same view-1 point: a's and b's rows."""
+        rows_a, rows_b = [], []
+        for pa, pb in zip(a, b):
+            pa, pb = pa[torch.isfinite(pa[:, 0])], pb[torch.isfinite(pb[:, 0])]
+            same = (pa[:, None, :2] == pb[None, :, :2]).all(-1)  # [Pa, Pb]
+            i, j = same.nonzero(as_tuple=True)
+            rows_a.append(pa[i])
+            rows_b.append(pb[j])
+        return torch.cat(rows_a), torch.cat(rows_b), sum(int(torch.isfinite(x[:, 0]).sum())
+                                                          for x in b)
+
+    p, v, kept = shared(pico["pairs"], video["pairs"])
+    assert len(p) > 0.5 * kept > 2  # Static (Video) pairs PiCO's points (both views in view)
+    moved = (p[:, 2:] - v[:, 2:]).norm(dim=1)
+    assert (moved > 0.5).float().mean() > 0.5  # tracked: the point moved in the video
+    assert torch.equal(pico["view1"], frame["view1"])  # the anchor frame, the same crop
+    assert not torch.allclose(video["view2"], frame["view2"])  # another frame vs the anchor
+    _, f, kept = shared(video["pairs"], frame["pairs"])
+    assert kept > 5 and len(f) == 0  # PiCO's points vs uniform ones

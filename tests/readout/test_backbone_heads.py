@@ -149,7 +149,17 @@ def test_deeplab_v3_image_pooling_is_global_at_the_train_crop_and_local_beyond()
     assert torch.allclose(local(x), wide(x), atol=1e-6)
     x = torch.randn(1, 8, 4, 8)
     assert not torch.allclose(local(x), wide(x), atol=1e-3)
-    assert local(torch.randn(1, 8, 1, 2)).shape == (1, 4, 1, 2)  # window cut to the map
+    with pytest.raises(ValueError, match="larger than the 1x2 feature map"):
+        local(torch.randn(1, 8, 1, 2))  # detectron2 refuses it; it used to be shrunk
+
+
+def test_a_deeplab_v3_suite_whose_pool_kernel_exceeds_its_crop_is_refused():
+    from benchmarks.suite import SuiteError, resolve_suite
+    resolve_suite("cityscapes_deeplabv3", scale="smoke")  # [4, 4] on 64x64 crops: fits
+    with pytest.raises(SuiteError, match=r"pool_kernel \[8, 8\] is larger than the 4x4 "
+                                         r"feature map of the 64x64 training crop"):
+        resolve_suite("cityscapes_deeplabv3", scale="smoke",
+                      overrides=["head_options.pool_kernel=[8, 8]"])
 
 
 def test_pico_fpn_decoder_gives_a_128_d_map_at_stride_4_and_travels_in_the_checkpoint(
@@ -172,6 +182,20 @@ def test_pico_fpn_decoder_gives_a_128_d_map_at_stride_4_and_travels_in_the_check
         feats = model.features(x)
         assert torch.allclose(feats["fpn"], fpn(trunk(x)), atol=1e-4, rtol=1e-4)  # same weights
     assert model(x)["out"].shape == (2, 5, 64, 96)
+    # the readout reads the decoder the checkpoint holds: perturbed weights, another readout
+    entry = fpn.checkpoint_entry()
+    g = torch.Generator().manual_seed(0)
+    perturbed = {**entry, "state_dict": {
+        k: v + 0.05 * v.std() * torch.randn(v.shape, generator=g)
+        if v.is_floating_point() and v.numel() > 1 else v for k, v in entry["state_dict"].items()}}
+    outputs = []
+    for decoder in (entry, perturbed):
+        torch.manual_seed(3)  # the same head initialisation
+        other = build_segmentation_model({**r18, "decoder": decoder}, "deeplab_v1", 5,
+                                         log=lambda *_: None).eval()
+        with torch.no_grad():
+            outputs.append(other(x)["out"])
+    assert not torch.allclose(outputs[0], outputs[1], atol=1e-3)
     bad = {**r18, "decoder": {"kind": "aspp", "state_dict": {}}}
     save_checkpoint(bad, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match="decoder kind 'aspp' is not one of sdm, fpn"):
