@@ -185,8 +185,10 @@ class Health:
     far below its value at the run's first step. `curve`: the steps already done (a resumed
     run keeps its first step as the reference)."""
 
-    def __init__(self, every: int, seed: int, log, curve: list[dict] | None = None):
+    def __init__(self, every: int, seed: int, log, curve: list[dict] | None = None,
+                 watched: tuple[str, ...] | None = None):
         self.every, self.log = every, log
+        self.watched = watched  # the outputs the warning reads (None: every output)
         self.buffer = EmbeddingBuffer(seed=seed)
         curve = curve or []
         self.warned = any(c.get("collapse_warning") for c in curve)
@@ -215,7 +217,9 @@ class Health:
             if self.every and ((step + 1) % self.every == 0 or last):
                 out["rankme"] = self.last_rank = rank = self.buffer.rankme()
         if not self.warned and (spreads or rank is not None):
-            warning = collapse_warning(spreads, self.first or {}, rank)
+            read = {k: v for k, v in spreads.items() if self.watched is None
+                    or k.removeprefix("spread_").removesuffix("_pooled") in self.watched}
+            warning = collapse_warning(read, self.first or {}, rank)
             if warning:
                 self.warned = True
                 out["collapse_warning"] = 1.0
@@ -286,7 +290,7 @@ def pretrain(method, samples, schedule: PretrainSchedule, *, out_dir, device="cp
     bar = tqdm(total=end - start, desc=f"pretrain {method.name}",
                disable=not progress or rank != 0)
     health = Health(health_every, schedule.seed, tqdm.write if progress and rank == 0 else log,
-                    curve=curve)
+                    curve=curve, watched=method.watched_outputs())
     t0 = time.perf_counter()
     for step, batch in zip(range(start, end), loader):
         lr = warmup_cosine(step, schedule.steps, base=schedule.lr, warmup=schedule.warmup_steps)

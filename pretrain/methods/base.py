@@ -75,6 +75,10 @@ class Method(nn.Module):
     local_batchnorm: tuple[str, ...] = ()
     sync_batchnorm = False
     health_outputs: dict[str, str] = {}  # signal name -> module producing it (observe)
+    # the outputs whose collapse the warning reads (default: all of them); the others are
+    # logged only, e.g. a predictor's output, which concentrates on the mean of its targets
+    # in a healthy run (pretrain.health)
+    collapse_outputs: tuple[str, ...] | None = None
 
     def __init__(self, *, arch: str = "resnet50", output_stride: int = 32):
         super().__init__()
@@ -130,6 +134,10 @@ class Method(nn.Module):
             if value is not None:
                 self._observed[name] = value.detach()
 
+    def watched_outputs(self) -> tuple[str, ...]:
+        return tuple(self.health_outputs if self.collapse_outputs is None
+                     else self.collapse_outputs)
+
     def pop_observed(self) -> dict[str, torch.Tensor]:
         observed, self._observed = self._observed, {}
         return observed
@@ -165,9 +173,13 @@ class OnlineTargetMethod(Method):
     step with tau from ``ema_base`` to 1 on a cosine (Sec. 3.2)."""
     dense = False  # 1x1-conv heads on the feature map instead of pooled MLPs
     has_predictor = True  # BYOL's predictor q; PixPro has none (its PPM takes the place)
-    # BYOL's collapse is a constant online projection (and prediction, the loss's input):
-    # pooled vectors, or a dense map's pixels as rows and its per-image means
+    # BYOL's collapse is a constant online projection (SimSiam Sec. 4.1 reads the
+    # projection): pooled vectors, or a dense map's pixels as rows and its per-image means.
+    # The prediction is logged only: it predicts the mean of its targets early on, and in
+    # the study's FlowE and PooDLe runs its per-image means reach a mean pairwise cosine of
+    # 0.98-0.99 while the projection stays at 0.3 and RankMe at 360 of 512 (issue 28)
     health_outputs = {"projection": "projector", "prediction": "predictor"}
+    collapse_outputs = ("projection",)
     # BYOL: cross-replica BatchNorm (deepmind-research byol/configs/byol.py bn_config
     # cross_replica_axis); PooDLe and its FlowE: convert_sync_batchnorm (src/train.py)
     sync_batchnorm = True

@@ -39,6 +39,14 @@ class DenseCL(MoCoV2):
         self.dense_head = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True),
                                         nn.Conv2d(hidden, out_dim, 1))
         self.key_dense_head = momentum_copy(self.dense_head)
+        # the authors' neck init (densecl.py L55 init_weights(init_linear='kaiming') ->
+        # necks.py _init_weights): the global MLP's linear layers kaiming normal, fan_in,
+        # ReLU, bias 0; the dense convs keep PyTorch's default; key copies start equal
+        for m in self.head.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        self.key_head.load_state_dict(self.head.state_dict())
         self.register_buffer("queue2", F.normalize(torch.randn(out_dim, self.queue.shape[1]),
                                                    dim=0))
         self.loss_lambda = loss_lambda

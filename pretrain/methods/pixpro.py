@@ -23,6 +23,17 @@ from .base import OnlineTargetMethod, register_method
 MASK_UNITS = ("normalised", "pixels")
 
 
+def zero_residual_batchnorm(encoder: nn.Module) -> None:
+    """The last BatchNorm of every residual block starts at gamma 0, so each block starts as
+    the identity (Goyal et al. 2017; torchvision's ``zero_init_residual``)."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+    for m in encoder.modules():
+        if isinstance(m, Bottleneck):
+            nn.init.zeros_(m.bn3.weight)
+        elif isinstance(m, BasicBlock):
+            nn.init.zeros_(m.bn2.weight)
+
+
 def pixel_propagation(x: torch.Tensor, value: torch.Tensor, *, gamma: float = 2.0,
                       clamp: float = 0.0) -> torch.Tensor:
     """PixPro's pixel propagation module (Xie et al. 2021, Eq. 3-4; authors' featprop):
@@ -99,14 +110,21 @@ class PixProFlow(OnlineTargetMethod):
     # the authors convert encoder, projector and their momentum copies to SyncBatchNorm
     # (contrast/models/PixPro.py L289-292)
     sync_batchnorm = True
-    # the projection and the PPM's output (what the loss compares with the target): at a
-    # too-high lr the PPM output collapses first (mean pairwise cosine 0.99999, issue 28)
+    # the projection (what collapses at a too-high lr: mean pairwise cosine 0.997 at LARS 4.0
+    # and batch 8, issue 28) and, logged only, the PPM's output: a similarity-weighted mean
+    # of value vectors over the image, smooth by construction (mean pairwise cosine 0.98 in
+    # the study's runs at the authors' lr, whose projection stays at 0.5)
     health_outputs = {"projection": "projector", "ppm": "value_transform"}
+    collapse_outputs = ("projection",)
 
     def __init__(self, *, view_size=(224, 224), area=(0.08, 1.0), alpha=(0.01, 0.5),
                  occlusion_mask: bool = True, mask_units: str = "normalised",
-                 pos_ratio: float = 0.7, gamma: float = 2.0, clamp: float = 0.0, **kw):
+                 pos_ratio: float = 0.7, gamma: float = 2.0, clamp: float = 0.0,
+                 zero_init_residual: bool = True, **kw):
         super().__init__(**kw)
+        if zero_init_residual:  # the authors' contrast/resnet.py L164-173 (both repos)
+            zero_residual_batchnorm(self.encoder)
+            self.target_encoder.load_state_dict(self.encoder.state_dict())
         if mask_units not in MASK_UNITS:
             raise ValueError(f"mask_units {mask_units!r}: one of {', '.join(MASK_UNITS)}")
         out_dim = self.projector[-1].out_channels

@@ -180,7 +180,8 @@ class PooDLe(OnlineTargetMethod):
     # the dense branch (projection over the decoder, and its prediction) and the pooled
     # branch's prediction of the subcrops: either can collapse alone
     health_outputs = {"projection": "projector", "prediction": "predictor",
-                      "pool_prediction": "pool_predictor"}
+                      "pool_projection": "pool_projector", "pool_prediction": "pool_predictor"}
+    collapse_outputs = ("projection", "pool_projection")
 
     def __init__(self, *, view_size=(512, 1024), initial_size=(1080, 1920),
                  initial_scale=(0.75, 1.25), crop_geometry: str = "authors",
@@ -213,8 +214,10 @@ class PooDLe(OnlineTargetMethod):
         self.add_target("pool_projector")
 
     def _pooled(self, x, online: bool):
+        """The pooled branch: online (projection, prediction), or the target projection."""
         if online:
-            return self.pool_predictor(self.pool_projector(self.encoder(x)["res5"].mean((2, 3))))
+            z = self.pool_projector(self.encoder(x)["res5"].mean((2, 3)))
+            return z, self.pool_predictor(z)
         return self.target_pool_projector(self.target_encoder(x)["res5"].mean((2, 3))).detach()
 
     def losses(self, views: dict) -> dict[str, torch.Tensor]:
@@ -236,8 +239,9 @@ class PooDLe(OnlineTargetMethod):
         dense = dense_equivariance_loss(p, upsampled(zt, target_x.shape[-2:]), flow, valid)
         s_online, s_target = views["sub_online"], views["sub_target"]
         n, k = s_online.shape[:2]
-        q = self._pooled(s_online.flatten(0, 1), True).unflatten(0, (n, k))
-        self.observe(outputs={"pool_prediction": q.flatten(0, 1)})
+        z_pool, q = self._pooled(s_online.flatten(0, 1), True)
+        self.observe(outputs={"pool_projection": z_pool, "pool_prediction": q})
+        q = q.unflatten(0, (n, k))
         with torch.no_grad():
             zp = self._pooled(s_target.flatten(0, 1), False).unflatten(0, (n, k))
         return {"loss_dense": self.weights[0] * dense,

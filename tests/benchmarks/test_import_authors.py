@@ -21,6 +21,7 @@ from benchmarks.checkpoint_layouts import IMPORT_SOURCES
 from benchmarks.cli import main
 from benchmarks.convert import IMPORTERS, export_detectron2, import_byol, import_pixpro
 from core.decoders import SpatialDecoder
+from core.inputs import IMAGENET
 from readout.backbone import (CheckpointError, build_backbone, read_checkpoint,
                               scratch_checkpoint)
 from tests.helpers import authors_poodle_decode, authors_poodle_decoder
@@ -263,6 +264,7 @@ def test_the_imported_backbone_computes_the_authors_features(kind, authors_file,
     ck = IMPORTERS[FILES[kind]](path, log=lines.append)
     assert ck["meta"]["method"] == f"imported:{FILES[kind]}"
     assert ck["meta"]["imported_weights"] == "online"
+    assert ck["meta"]["input"] == IMAGENET.meta()  # what the authors' pipelines feed
     online = weights["online"]
     kept = [k for k in online if not k.endswith("num_batches_tracked")]
     assert all(torch.equal(ck["state_dict"][k], online[k]) for k in kept)

@@ -1,6 +1,7 @@
 """DenseCL's dense loss: correspondence by backbone features, negatives from the queue."""
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -35,3 +36,19 @@ def test_the_dense_loss_is_log_k_plus_1_when_all_are_equal_and_0_when_the_positi
                         math.log(K + 1), rel_tol=1e-5)
     far = -same  # every negative opposite: cos -1 against +1, at tau 0.2
     assert dense_infonce_loss(v, v, feat, feat, far, 0.2).item() < 1e-3
+
+
+def test_the_global_neck_starts_as_the_authors_and_the_key_head_equals_it():
+    """WXinlong/DenseCL necks.py _init_weights(init_linear='kaiming'): the global MLP's
+    linear layers kaiming normal (fan_in, ReLU: std sqrt(2 / fan_in)), bias 0."""
+    from pretrain.config import load_preset
+    from pretrain.methods import get_method_class
+    torch.manual_seed(0)
+    model = load_preset("densecl", "study_cpu")["model"]
+    method = get_method_class("densecl")(**model)
+    linears = [m for m in method.head.modules() if isinstance(m, torch.nn.Linear)]
+    for m in linears:
+        assert m.weight.std().item() == pytest.approx(math.sqrt(2 / m.in_features), rel=0.05)
+        assert torch.count_nonzero(m.bias) == 0
+    key = dict(method.key_head.named_parameters())
+    assert all(torch.equal(p, key[k]) for k, p in method.head.named_parameters())

@@ -110,10 +110,12 @@ SIGNALS = [(name, signal) for name in sorted(METHODS)
 def test_a_collapsed_head_output_raises_the_warning_naming_it(name, signal, tiny_root):
     """A healthy first step, then the module that makes `signal` is made to give one output
     for every input (its last layer: zero weights, a constant bias), as a collapsed run
-    does: the next step warns and names that output."""
+    does: the next step warns and names that output if the warning reads it
+    (``collapse_outputs``); a logged-only output (a predictor's, PixPro's PPM) stays
+    silent."""
     method = _method(name).train()
     lines = []
-    health = Health(every=0, seed=0, log=lines.append)
+    health = Health(every=0, seed=0, log=lines.append, watched=method.watched_outputs())
     with torch.no_grad():
         method.before_step(StepContext(step=0, total=2, seed=0))
         method(_views(name, tiny_root, method, 0))
@@ -126,8 +128,19 @@ def test_a_collapsed_head_output_raises_the_warning_naming_it(name, signal, tiny
         method.before_step(StepContext(step=1, total=2, seed=0))
         method(_views(name, tiny_root, method, 1))
         second = health.values(method.pop_observed(), 1, last=False)
-    assert second["collapse_warning"] == 1.0 and second[f"spread_{signal}"] < 1e-3
-    assert len(lines) == 1 and f"spread_{signal}" in lines[0]
+    assert second[f"spread_{signal}"] < 1e-3
+    if signal in method.watched_outputs():
+        assert second["collapse_warning"] == 1.0
+        assert len(lines) == 1 and f"spread_{signal}" in lines[0]
+    else:
+        assert "collapse_warning" not in second and lines == []
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_reads_a_collapse_output_it_declares(name):
+    cls = METHODS[name]
+    watched = cls.collapse_outputs or tuple(cls.health_outputs)
+    assert watched and set(watched) <= set(cls.health_outputs)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

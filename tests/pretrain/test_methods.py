@@ -59,7 +59,7 @@ def test_a_step_trains_the_encoder_and_a_killed_run_resumes_bit_identical(name, 
     assert terms and curve[0]["loss"] == pytest.approx(sum(curve[0][k] for k in terms))
     now = dict(killed.encoder.named_parameters())
     moved = [k for k, p in online0.items() if not torch.equal(now[k], p)]
-    assert len(moved) >= 0.9 * len(online0)
+    assert moved
 
     resumed = _method(name, seed=9)  # a fresh process, initialised differently
     curve = _run(resumed, tiny_root, tmp_path / "killed", stop_after=None)
@@ -68,6 +68,11 @@ def test_a_step_trains_the_encoder_and_a_killed_run_resumes_bit_identical(name, 
     _run(full, tiny_root, tmp_path / "full", stop_after=None)
     a, b = full.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # three steps move (nearly) every encoder parameter; after one, a block whose last
+    # BatchNorm starts at 0 (PixPro's zero_init_residual) gives its branch no gradient yet
+    now = dict(full.encoder.named_parameters())
+    moved = [k for k, p in online0.items() if not torch.equal(now[k], p)]
+    assert len(moved) >= 0.9 * len(online0)
     from readout.backbone import read_checkpoint
     ck = read_checkpoint(tmp_path / "killed" / "backbone.pth")
     assert ck["meta"]["method"] == name and ck["meta"]["iterations"] == 3

@@ -145,3 +145,19 @@ def test_the_authors_mask_is_the_normalised_reading_of_eq_3():
         got_p = _maker(mask_units="pixels")._consistent(fwd, bwd)[inside]
         assert bool(got_n.all()) == normalised and bool(got_n.any()) == normalised
         assert bool(got_p.all()) == pixels and bool(got_p.any()) == pixels
+
+
+def test_every_residual_block_starts_as_the_identity_in_both_encoders():
+    """zdaxie/PixPro and PixPro-with-OpticalFlow contrast/resnet.py L164-173: the last
+    BatchNorm gamma of each residual block at 0; the momentum encoder starts equal."""
+    from pretrain.config import load_preset
+    from pretrain.methods import get_method_class
+    method = get_method_class("pixpro")(**load_preset("pixpro", "smoke")["model"])
+    last = [b.bn2 for b in method.encoder.modules() if type(b).__name__ == "BasicBlock"]
+    assert len(last) == 8 and all(torch.count_nonzero(bn.weight) == 0 for bn in last)
+    target = method.target_encoder.state_dict()
+    assert all(torch.equal(v, target[k]) for k, v in method.encoder.state_dict().items())
+    off = get_method_class("pixpro")(**{**load_preset("pixpro", "smoke")["model"],
+                                          "zero_init_residual": False})
+    assert all(torch.count_nonzero(b.bn2.weight) > 0 for b in off.encoder.modules()
+               if type(b).__name__ == "BasicBlock")

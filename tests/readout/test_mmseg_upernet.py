@@ -62,8 +62,10 @@ def test_all_pixel_average_is_mmsegs_cross_entropy():
 
 
 def test_poly_schedule_decays_to_mmsegs_floor():
-    """mmengine PolyLR, applied step by step: v_t = (v_t-1 - eta_min)
-    (1 - 1 / (T - t + 1))^power + eta_min, from v_0 = lr."""
+    """The poly decay with mmseg's floor, step by step: v_t = (v_t-1 - eta_min)
+    (1 - 1 / (T - t + 1))^power + eta_min from v_0 = lr, T the iterations: mmseg 0.x's poly
+    exactly (mmcv PolyLrUpdaterHook, 1 - t / max_iters); mmengine's PolyLR (mmseg 1.x)
+    counts T - 1 (total_iters = end - begin - 1), a relative difference below 1 / T."""
     s = ReadoutSchedule(iterations=50, batch_size=2, lr=0.01, momentum=0.9,
                         weight_decay=5e-4, flip=True, checkpoint_every=10, poly_power=0.9,
                         poly_min_lr=1e-4)
