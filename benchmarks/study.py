@@ -376,16 +376,21 @@ class Study:
     def run(self) -> dict:
         """Every step not yet done, then the summary (leaderboard, health, expectations)."""
         t0 = time.perf_counter()
-        self.ensure_world()
         table = []
-        for seed in range(self.seeds):
-            for method in self.methods:
-                run = self.pretrain(method, seed)
-                for record in self.readouts(run):
-                    table.append({"method": method, "seed": seed, "suite": record["suite"],
-                                  "scale": record["scale"], "metrics": record["metrics"],
-                                  "readout_seconds": sum(record["seconds"].values()),
-                                  "run_dir": record["run_dir"]})
+        try:
+            self.ensure_world()
+            for seed in range(self.seeds):
+                for method in self.methods:
+                    run = self.pretrain(method, seed)
+                    for record in self.readouts(run):
+                        table.append({"method": method, "seed": seed,
+                                      "suite": record["suite"], "scale": record["scale"],
+                                      "metrics": record["metrics"],
+                                      "readout_seconds": sum(record["seconds"].values()),
+                                      "run_dir": record["run_dir"]})
+        except BaseException:  # Ctrl-C or a failed step: the time it spent still counts
+            self.record_wall_time(time.perf_counter() - t0, interrupted=True)
+            raise
         summary = self.summarise(table, time.perf_counter() - t0)
         return summary
 
@@ -434,13 +439,13 @@ class Study:
             row.update(seconds=record.get("seconds"), pairs_per_s=record.get("pairs_per_s"))
         return row
 
-    def record_wall_time(self, seconds: float) -> dict:
+    def record_wall_time(self, seconds: float, interrupted: bool = False) -> dict:
         """Wall time of this invocation, added to those of earlier ones (an interrupted
-        study continues, so its total is the sum)."""
+        study continues, so its total is the sum, the interrupted invocations included)."""
         path = self.out / "study_time.json"
         data = json.loads(path.read_text()) if path.is_file() else {"invocations": []}
-        data["invocations"].append({"seconds": round(seconds, 1),
-                                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        entry = {"seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        data["invocations"].append({**entry, "interrupted": True} if interrupted else entry)
         data["total"] = round(sum(i["seconds"] for i in data["invocations"]), 1)
         path.write_text(json.dumps(data, indent=1))
         return data

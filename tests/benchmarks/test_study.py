@@ -149,3 +149,20 @@ def test_a_study_takes_every_method_with_its_preset_less_what_it_leaves_out(tmp_
     (tmp_path / "typo.yaml").write_text(yaml.safe_dump({**doc, "leave_out": ["flowee"]}))
     with pytest.raises(StudyError, match="flowee"):
         load_study("typo")
+
+
+def test_an_interrupted_study_keeps_the_time_it_spent(tmp_path, monkeypatch):
+    import json
+    study = Study(load_study("tiny"), tmp_path)
+    monkeypatch.setattr(Study, "ensure_world", lambda self: {})
+
+    def killed(self, method, seed):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Study, "pretrain", killed)
+    with pytest.raises(KeyboardInterrupt):
+        study.run()
+    study.record_wall_time(2.0)  # the invocation that finishes it
+    times = json.loads((tmp_path / "study_time.json").read_text())
+    assert [i.get("interrupted", False) for i in times["invocations"]] == [True, False]
+    assert times["total"] == pytest.approx(times["invocations"][0]["seconds"] + 2.0, abs=0.05)
