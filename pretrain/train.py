@@ -217,8 +217,11 @@ class Health:
             if self.every and ((step + 1) % self.every == 0 or last):
                 out["rankme"] = self.last_rank = rank = self.buffer.rankme()
         if not self.warned and (spreads or rank is not None):
-            read = {k: v for k, v in spreads.items() if self.watched is None
-                    or k.removeprefix("spread_").removesuffix("_pooled") in self.watched}
+            # a dense map is read with its pixels as rows; its per-image mean (`_pooled`)
+            # is logged only: a healthy dense head (DenseCL's, measured) gives every image
+            # about the same mean while its pixels spread out
+            read = {k: v for k, v in spreads.items() if not k.endswith("_pooled")
+                    and (self.watched is None or k.removeprefix("spread_") in self.watched)}
             warning = collapse_warning(read, self.first or {}, rank)
             if warning:
                 self.warned = True

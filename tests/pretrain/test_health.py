@@ -102,6 +102,24 @@ def _last_layer(module: torch.nn.Module) -> torch.nn.Module:
     return [m for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]
 
 
+def test_a_dense_map_is_watched_by_its_pixels_and_its_per_image_mean_is_logged_only():
+    """Every image holding the same pixels in another arrangement (per-image means equal,
+    pixels spread out) is not a collapse; every pixel the same is."""
+    lines = []
+    health = Health(every=0, seed=0, log=lines.append, watched=("dense",))
+    g = torch.Generator().manual_seed(0)
+    first = health.values({"outputs": {"dense": torch.randn(4, 8, 5, 5, generator=g)}}, 0,
+                          last=False)
+    common = torch.randn(8, 25, generator=g)
+    same_mean = torch.stack([common[:, torch.randperm(25, generator=g)] for _ in range(4)])
+    second = health.values({"outputs": {"dense": same_mean.view(4, 8, 5, 5)}}, 1, last=False)
+    assert second["spread_dense_pooled"] < 1e-3 * first["spread_dense_pooled"]
+    assert second["spread_dense"] > 0.5 * first["spread_dense"]
+    assert "collapse_warning" not in second and lines == []
+    third = health.values({"outputs": {"dense": torch.ones(4, 8, 5, 5)}}, 2, last=False)
+    assert third["collapse_warning"] == 1.0 and "spread_dense " in lines[0]
+
+
 SIGNALS = [(name, signal) for name in sorted(METHODS)
            for signal in METHODS[name].health_outputs]
 
