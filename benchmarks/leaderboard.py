@@ -26,7 +26,8 @@ METRIC_ORDER = ("mIoU", "Acc", "mAcc", "mIoU_small", "mIoU_large", "mIoU_rare", 
                 "mAP", "AP50", "AP75", "APs", "APm", "APl")
 # the rows that are no pretraining method; a method's label is in its YAML (pretrain.catalogue)
 BOUND_LABELS = {"scratch": "Scratch", "torchvision": "Supervised",
-                "supervised": "Supervised (world labels)"}
+                "supervised": "Supervised (world labels)",
+                "colour_only": "Colour only (linear on RGB)"}
 
 
 def method_label(method: str) -> str:
@@ -96,12 +97,17 @@ def published_cell(value: str) -> Cell:
     return Cell(float(value), text=value)
 
 
-def our_rows(tracker, suite: str, synthetic: bool) -> list[Row]:
+def our_rows(tracker, suite: str, synthetic: bool, world: int | None = None) -> list[Row]:
+    """Our parent runs of a suite: real data, or one synthetic world (default: the current
+    version), never two worlds in one list."""
+    if synthetic and world is None:
+        from .synth.world import DEFAULT_VERSION
+        world = DEFAULT_VERSION
     rows = []
-    for run in tracker.parent_runs(suite, synthetic):
+    for run in tracker.parent_runs(suite, synthetic, world):
         tags, metrics = run["tags"], run["metrics"]
         seeds = int(metrics.get("seeds", 0))
-        row = Row(source="ours (SYNTHETIC world)" if synthetic else "ours",
+        row = Row(source=f"ours (SYNTHETIC world {world})" if synthetic else "ours",
                   method=method_label(tags.get("method", "")) or "?",
                   arch=ARCH_LABELS.get(tags.get("arch", ""), tags.get("arch", "")),
                   epochs=tags.get("epochs", ""), pretrain_data=data_label(
@@ -153,12 +159,13 @@ def published_rows(suite: dict, published: list[dict] | None = None) -> list[Row
     return rows
 
 
-def leaderboard(suite_name: str, tracker, *, published: bool, synthetic: bool) -> list[Row]:
+def leaderboard(suite_name: str, tracker, *, published: bool, synthetic: bool,
+                world: int | None = None) -> list[Row]:
     if synthetic and published:
         raise ValueError("synthetic-world results are never put beside the papers' numbers; "
                          "drop --published or --synthetic")
     suite = load_suite(suite_name)
-    rows = our_rows(tracker, suite_name, synthetic)
+    rows = our_rows(tracker, suite_name, synthetic, world)
     return sort_by_main_metric(rows + (published_rows(suite) if published else []))
 
 
@@ -234,7 +241,7 @@ def main_metric(suite: dict) -> str:
 
 
 def matrix(tracker, suites: list[str], metric: str | None, *, published: bool,
-           synthetic: bool) -> tuple[list[str], list[Row]]:
+           synthetic: bool, world: int | None = None) -> tuple[list[str], list[Row]]:
     """One row per checkpoint (ours) or paper row, one column per suite: ``metric`` (default:
     each suite's main metric), mean ± std over seeds. Without ``suites``, every suite that
     has our results. Paper rows fill the columns whose readout they report."""
@@ -247,7 +254,7 @@ def matrix(tracker, suites: list[str], metric: str | None, *, published: bool,
     for name in suites or suite_names():
         suite = load_suite(name)
         wanted = metric or main_metric(suite)
-        ours = [r for r in our_rows(tracker, name, synthetic) if wanted in r.cells]
+        ours = [r for r in our_rows(tracker, name, synthetic, world) if wanted in r.cells]
         if not ours and not suites:
             continue
         columns.append(name)

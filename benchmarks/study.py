@@ -29,14 +29,16 @@ import yaml
 
 STUDY_DIR = Path(__file__).with_name("studies")
 BOUNDS = ("scratch", "supervised")
+FLOOR = "colour_only"  # benchmarks.calibration: not a checkpoint, computed for linear suites
 METRICS = ("mIoU", "Acc", "mIoU_small", "mIoU_large", "mIoU_rare", "mIoU_common")
 SCHEMA = {"name": str, "description": str, "cited": str, "world": dict, "seeds": int,
           "methods": list, "pretrain_preset": str, "pretrain_overrides": list,
           "scratch": dict, "supervised": dict, "readouts": list, "expectations": list,
-          "inits": dict, "trajectories": dict, "leave_out": list}
+          "inits": dict, "trajectories": dict, "leave_out": list, "lr_grid": dict}
 REQUIRED = ("name", "description", "cited", "world", "seeds", "methods", "pretrain_preset",
             "scratch", "supervised", "readouts")
 UNINFORMATIVE_BELOW = 1.0  # mIoU points: a comparison of two ~0 numbers says nothing
+SUPERVISED_FINDS = 5.0  # issue 29: a class group Supervised does not find is not compared
 EXPECTATION_KINDS = {
     "beats": {"kind", "methods", "than", "metric", "suites", "by_std", "source"},
     "best": {"kind", "method", "metric", "suites", "source"},
@@ -111,7 +113,23 @@ def validate_study(data: dict, where: str) -> dict:
     if "trajectories" in data:
         _check(data["trajectories"], {"estimator", "points", "stride", "delta_max"},
                f"{where}.trajectories")
-    _check(data["world"], {"preset", "seed", "parts"}, f"{where}.world")
+    if "lr_grid" in data:
+        g = data["lr_grid"]
+        _check(g, {"factors", "suite", "scale", "holdout", "source"}, f"{where}.lr_grid")
+        factors = g["factors"]
+        if (not isinstance(factors, list) or 1 not in factors or
+                not all(isinstance(f, (int, float)) and f > 0 for f in factors)):
+            raise StudyError(f"{where}.lr_grid.factors: positive multipliers of each "
+                             f"paper learning rate, 1 among them; got {factors!r}")
+        if resolve_suite(g["suite"], scale=g["scale"])["task"] != "retrieval_segmentation":
+            raise StudyError(f"{where}.lr_grid.suite: a kNN suite (it trains nothing, so "
+                             f"the choice is the checkpoint's), e.g. cityscapes_knn")
+        if not 0 < g["holdout"] < 1:
+            raise StudyError(f"{where}.lr_grid.holdout: a fraction of the training split")
+    _check(data["world"], {"preset", "seed", "parts", "version"}, f"{where}.world")
+    from .synth.world import VERSIONS
+    if data["world"]["version"] not in VERSIONS:
+        raise StudyError(f"{where}.world.version: one of {', '.join(map(str, VERSIONS))}")
     _check(data["scratch"], {"arch"}, f"{where}.scratch")
     from .supervised import supervised_config
     sup = data["supervised"]
@@ -216,6 +234,8 @@ class Study:
             self.out / "mlruns")
         self._device = device
         self.command = ""  # the command line, recorded in the summary
+        self.lr_choice: dict[str, float] = {}  # method -> learning rate chosen by lr_grid
+        self.lr_table: list[dict] = []
         self.progress = sys.stderr.isatty() if progress is None else progress
 
     @property
@@ -232,18 +252,25 @@ class Study:
         path = self.data / MANIFEST
         if path.is_file():
             old = json.loads(path.read_text())
-            if (old.get("preset"), old.get("seed")) == (w["preset"], w["seed"]):
+            found = (old.get("preset"), old.get("seed"), old.get("world_version", 1))
+            if found == (w["preset"], w["seed"], w["version"]):
                 self.log(f"[study] reusing the synthetic world in {self.data}")
                 return old
             raise StudyError(f"{self.data} holds another synthetic world (preset "
-                             f"{old.get('preset')}, seed {old.get('seed')}); pick another "
+                             f"{found[0]}, seed {found[1]}, world {found[2]}); pick another "
                              f"--out or delete it")
-        self.log(f"[study] generating the {w['preset']} synthetic world in {self.data} ...")
+        self.log(f"[study] generating the {w['preset']} synthetic world {w['version']} in "
+                 f"{self.data} ...")
         return write_world(self.data, preset=w["preset"], seed=w["seed"], parts=w["parts"],
-                           progress=self.progress)
+                           progress=self.progress, version=w["version"])
 
-    def run_folder(self, method: str, seed: int) -> Path:
-        world = {"preset": self.world["preset"], "seed": self.world["seed"]}
+    @property
+    def world_key(self) -> dict:
+        return {"preset": self.world["preset"], "seed": self.world["seed"],
+                "version": self.world["version"]}
+
+    def run_folder(self, method: str, seed: int, lr: float | None = None) -> Path:
+        world = self.world_key
         if method == "scratch":
             key = key_of({"scratch": self.spec["scratch"]})
         elif method == "supervised":
@@ -255,7 +282,7 @@ class Study:
             # the inputs as folders under the study, not as paths: `--out demo` and its
             # absolute path are one study
             inputs = [self._under_out(i) for i in self.method_inputs(method, seed)]
-            key = key_of({"method": method, "config": self.pretrain_config(method),
+            key = key_of({"method": method, "config": self.pretrain_config(method, lr),
                           "world": world, **({"inputs": inputs} if inputs else {}),
                           "code": pretraining_fingerprint(self.method_class(method))})
         return self.out / "pretrain" / method / key / f"seed{seed}"
@@ -269,17 +296,64 @@ class Study:
             else value
         return f"{key}=<out>/{rel}" if rel is not value else override
 
-    def pretrain_config(self, method: str) -> dict:
+    def pretrain_config(self, method: str, lr: float | None = None) -> dict:
         from pretrain.config import apply_overrides, load_preset
         return apply_overrides(load_preset(method, self.spec["pretrain_preset"]),
-                               self.spec.get("pretrain_overrides", []))
+                               self.spec.get("pretrain_overrides", [])
+                               + self.lr_overrides(method, lr))
+
+    def lr_overrides(self, method: str, lr: float | None = None) -> list[str]:
+        """``schedule.lr=...``: the grid's rate `lr`, else the one lr_grid chose, else none
+        (the preset's)."""
+        lr = lr if lr is not None else self.lr_choice.get(method)
+        return [] if lr is None else [f"schedule.lr={lr!r}"]
+
+    def paper_lr(self, method: str) -> float:
+        from pretrain.config import apply_overrides, load_preset
+        return float(apply_overrides(load_preset(method, self.spec["pretrain_preset"]),
+                                     self.spec.get("pretrain_overrides", []))
+                     ["schedule"]["lr"])
+
+    def choose_lr(self, method: str) -> float:
+        """lr_grid: pretrain seed 0 at each factor x the preset's learning rate, score each
+        checkpoint by the kNN readout on a held-out slice of the training split, keep the
+        best (benchmarks.lr_grid). The evaluation split is never read."""
+        from . import lr_grid
+        from .suite import resolve_suite, suite_hash
+        g = self.spec["lr_grid"]
+        resolved = resolve_suite(g["suite"], scale=g["scale"])
+        base, scores, rows = self.paper_lr(method), {}, []
+        for factor in g["factors"]:
+            lr = base * factor
+            run = self.pretrain(method, 0, lr=lr)
+            path = run.folder / f"lr_grid-{suite_hash(resolved)[:8]}-{g['holdout']}.json"
+            if not path.is_file():
+                score = lr_grid.heldout_knn(resolved, run.checkpoint, self.data,
+                                            holdout=g["holdout"], seed=0,
+                                            work_dir=run.folder / "lr_grid",
+                                            device=self.device)
+                path.write_text(json.dumps(score, indent=1))
+            score = json.loads(path.read_text())
+            scores[factor] = score["mIoU"]
+            rows.append({"method": method, "factor": factor, "lr": lr,
+                         "heldout_mIoU": score["mIoU"],
+                         "heldout_images": score["heldout_images"]})
+            self.log(f"[lr_grid] {method} lr {lr:g} (x{factor:g}): held-out "
+                     f"{g['suite']} mIoU {score['mIoU']:.2f}")
+        chosen = lr_grid.choose(scores)
+        for row in rows:
+            row["chosen"] = row["factor"] == chosen
+        self.lr_table += rows
+        self.lr_choice[method] = base * chosen
+        self.log(f"[lr_grid] {method}: chose lr {base * chosen:g} (x{chosen:g})")
+        return self.lr_choice[method]
 
     @property
     def trajectories(self) -> Path:
         """Keyed by its settings, the world and the tracking code."""
         from pretrain.flow.trajectories import Tracker
         from pretrain.flow.trajectory_store import TrajectoryStore
-        world = {"preset": self.world["preset"], "seed": self.world["seed"]}
+        world = self.world_key
         return self.out / "trajectories" / key_of(
             {"settings": self.spec["trajectories"], "world": world,
              "code": source_fingerprint(TrajectoryStore, Tracker)})
@@ -306,10 +380,10 @@ class Study:
                     points=t["points"], stride=t["stride"], delta_max=t["delta_max"],
                     progress=self.progress)
 
-    def pretrain(self, method: str, seed: int) -> Run:
+    def pretrain(self, method: str, seed: int, lr: float | None = None) -> Run:
         from readout.backbone import save_checkpoint, scratch_checkpoint
         from .tracking import PRETRAIN_RECORD, push_record
-        run = Run(method, seed, self.run_folder(method, seed))
+        run = Run(method, seed, self.run_folder(method, seed, lr))
         record = run.folder / PRETRAIN_RECORD
         if method == "scratch":
             if not run.checkpoint.is_file():  # a new file would be a new checkpoint (sha)
@@ -342,6 +416,7 @@ class Study:
                         "--tracking-uri", self.uri,
                         *([] if self.progress else ["--no-progress"]),
                         *self.spec.get("pretrain_overrides", []),
+                        *self.lr_overrides(method, lr),
                         *self.method_inputs(method, seed))
         if record.is_file():
             push_record(record, uri=self.uri, log=self.log)
@@ -379,6 +454,10 @@ class Study:
         table = []
         try:
             self.ensure_world()
+            if "lr_grid" in self.spec:
+                for method in self.methods:
+                    if method not in BOUNDS:
+                        self.choose_lr(method)
             for seed in range(self.seeds):
                 for method in self.methods:
                     run = self.pretrain(method, seed)
@@ -388,27 +467,69 @@ class Study:
                                       "metrics": record["metrics"],
                                       "readout_seconds": sum(record["seconds"].values()),
                                       "run_dir": record["run_dir"]})
+            if {"scratch", "supervised"} & set(self.methods):
+                table += self.colour_only_rows()
         except BaseException:  # Ctrl-C or a failed step: the time it spent still counts
             self.record_wall_time(time.perf_counter() - t0, interrupted=True)
             raise
         summary = self.summarise(table, time.perf_counter() - t0)
         return summary
 
+    def linear_suites(self) -> list[dict]:
+        """The study's trained segmentation readouts (the calibration's suites)."""
+        from .suite import resolve_suite
+        return [resolve_suite(r["suite"], scale=r["scale"]) for r in self.spec["readouts"]
+                if resolve_suite(r["suite"], scale=r["scale"])["task"] == "semantic_segmentation"]
+
+    def colour_only_rows(self) -> list[dict]:
+        """The colour-only floor of each linear suite and seed (benchmarks.calibration),
+        cached under <out>/colour_only keyed by the world, the suite and the code."""
+        from . import calibration
+        from .suite import suite_hash
+        rows = []
+        for resolved in self.linear_suites():
+            key = key_of({"world": self.world_key, "suite": suite_hash(resolved),
+                          "code": source_fingerprint(calibration)})
+            for seed in range(self.seeds):
+                path = self.out / FLOOR / key / f"{resolved['name']}-seed{seed}.json"
+                if path.is_file():
+                    entry = json.loads(path.read_text())
+                else:
+                    t0 = time.perf_counter()
+                    metrics = calibration.colour_only_readout(
+                        resolved, self.data, seed=seed, work_dir=path.parent / "work",
+                        device=self.device)
+                    entry = {"metrics": metrics, "seconds": round(time.perf_counter() - t0, 2)}
+                    path.write_text(json.dumps(entry, indent=1))
+                    self.log(f"[study] colour-only floor {resolved['name']} seed {seed}: "
+                             f"mIoU {metrics['mIoU']:.2f}")
+                rows.append({"method": FLOOR, "seed": seed, "suite": resolved["name"],
+                             "scale": resolved["scale"], "metrics": entry["metrics"],
+                             "readout_seconds": entry["seconds"], "run_dir": str(path)})
+        return rows
+
     # ---- summary -----------------------------------------------------------------------
     def summarise(self, table: list[dict], seconds: float) -> dict:
         from core.checkpoint import git_sha
-        board = leaderboard_rows(table, self.methods)
+        from .calibration import calibration
+        shown = self.methods + ([FLOOR] if any(t["method"] == FLOOR for t in table) else [])
+        board = leaderboard_rows(table, shown)
         health = [self.health_row(m, s) for s in range(self.seeds) for m in self.methods
                   if m != "scratch"]
         checks = check_expectations(self.spec.get("expectations", []), board)
+        calibrated = calibration(board, [r["name"] for r in self.linear_suites()])
         wall = self.record_wall_time(seconds)
         summary = {"study": self.spec["name"], "synthetic": True, "git_sha": git_sha(),
                    "code": code_fingerprint(), "command": self.command, "seeds": self.seeds,
-                   "methods": self.methods, "world": self.world, "wall_seconds": wall,
-                   "leaderboard": board, "health": health, "expectations": checks}
+                   "methods": shown, "world": self.world, "wall_seconds": wall,
+                   "leaderboard": board, "health": health, "expectations": checks,
+                   "calibration": calibrated, "lr_grid": self.lr_table,
+                   "lr_grid_spec": self.spec.get("lr_grid")}
         folder = self.out / "summary"
         write_summary(summary, folder)
         self.log(render_leaderboard(board, "text"))
+        for c in calibrated:
+            self.log(f"[calibration] {'MET' if c['met'] else 'NOT MET':<13} {c['text']}")
         for c in checks:
             self.log(f"[expectation] {verdict(c):<13} {c['text']}")
         self.log(f"[study] wall time of all invocations: {wall['total'] / 60:.1f} min; "
@@ -492,7 +613,7 @@ def check_expectations(expectations: list[dict], board: list[dict]) -> list[dict
     - at_least: mean(method) >= mean(than).
     """
     present = list(dict.fromkeys(r["method"] for r in board))
-    ssl = [m for m in present if m not in BOUNDS]
+    ssl = [m for m in present if m not in (*BOUNDS, FLOOR)]
     out = []
     for e in expectations:
         metric = e["metric"]
@@ -516,9 +637,15 @@ def check_expectations(expectations: list[dict], board: list[dict]) -> list[dict
                         text = (f"{suite} {metric}: {m} {cell[0]:.2f}±{_z(cell[1]):.2f} >= "
                                 f"{e['than']} {base[0]:.2f}±{_z(base[1]):.2f} ({diff:+.2f})")
                     informative = max(abs(cell[0]), abs(base[0])) >= UNINFORMATIVE_BELOW
+                    ceiling = _cell(board, "supervised", suite, metric)
                     if not informative:
                         text += (f" - uninformative: both below {UNINFORMATIVE_BELOW:g}, the "
                                  f"readout finds almost none of these classes")
+                    elif ceiling is not None and ceiling[0] < SUPERVISED_FINDS:
+                        informative = False
+                        text += (f" - uninformative: Supervised reaches {ceiling[0]:.2f} < "
+                                 f"{SUPERVISED_FINDS:g}, the readout at this resolution does "
+                                 f"not find these classes")
                     out.append({"kind": e["kind"], "suite": suite, "metric": metric,
                                 "method": m, "than": e["than"], "difference": diff,
                                 "met": bool(met), "informative": informative, "text": text,
@@ -587,6 +714,11 @@ def write_summary(summary: dict, folder: Path) -> None:
         lines = [",".join(keys)] + [",".join(_csv(row.get(k)) for k in keys)
                                     for row in summary["health"]]
         (folder / "pretrain_health.csv").write_text("\n".join(lines) + "\n")
+    if summary.get("lr_grid"):
+        keys = list(summary["lr_grid"][0])
+        lines = [",".join(keys)] + [",".join(_csv(row[k]) for k in keys)
+                                    for row in summary["lr_grid"]]
+        (folder / "lr_grid.csv").write_text("\n".join(lines) + "\n")
     (folder / "study.json").write_text(json.dumps(summary, indent=1, default=str))
     plots.study_chart(board, METRICS[:1] + METRICS[2:], [label(m) for m in summary["methods"]],
                       summary["methods"], folder / "leaderboard.png",

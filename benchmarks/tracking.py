@@ -8,7 +8,7 @@ no-op (runs are also found again by the record's id, so a crash between logging 
 marker does not duplicate them). A run counts as logged only when it is FINISHED, which is
 set after everything else; one left RUNNING by a crash is deleted and logged again.
 
-Layout: one experiment per suite (``<suite> [synthetic]`` for the synthetic world, so the
+Layout: one experiment per suite (``<suite> [synthetic world N]`` per synthetic world, so the
 UI never puts synthetic and real runs in one comparison), a parent run per (checkpoint,
 suite hash) carrying mean and ``_std`` over its seeds, one child run per seed.
 Pretraining runs go to the ``pretrain`` experiment (``pretrain [synthetic]``).
@@ -83,8 +83,23 @@ def local_artifact_root(uri: str) -> Path | None:
     return None
 
 
-def experiment_name(base: str, synthetic: bool) -> str:
-    return f"{base} [synthetic]" if synthetic else base
+def experiment_name(base: str, synthetic: bool, world: int | None = None) -> str:
+    """``base`` for real data; one experiment per synthetic world version, so the UI and
+    the leaderboards never put two worlds (or a world and real data) in one comparison:
+    ``<base> [synthetic]`` for world 1 (its name from before versions existed),
+    ``<base> [synthetic world N]`` for later ones."""
+    if not synthetic:
+        return base
+    world = record_world({"synthetic": True, "world": world})
+    return f"{base} [synthetic]" if world == 1 else f"{base} [synthetic world {world}]"
+
+
+def record_world(record: dict) -> int | None:
+    """A record's world version: None for real data, 1 for synthetic records written
+    before versions existed."""
+    if not record.get("synthetic"):
+        return None
+    return int(record.get("world") or 1)
 
 
 def check_reachable(uri: str, timeout: float = 3.0) -> None:
@@ -209,8 +224,9 @@ class Tracker:
 
     def pretrain_run_id(self, checkpoint_sha256: str) -> str:
         """Lineage: the pretraining run that exported this checkpoint, if it was logged."""
-        ids = [self.experiment_id(experiment_name(PRETRAIN_EXPERIMENT, s), create=False)
-               for s in (False, True)]
+        from .synth.world import VERSIONS
+        ids = [self.experiment_id(experiment_name(PRETRAIN_EXPERIMENT, s, w), create=False)
+               for s, w in ((False, None), *((True, v) for v in VERSIONS))]
         runs = self._runs(ids, checkpoint_sha256=checkpoint_sha256)
         return runs[0].info.run_id if runs else ""
 
@@ -221,7 +237,8 @@ class Tracker:
         run_dir = Path(run_dir)
         record = json.loads((run_dir / READOUT_RECORD).read_text())
         resolved = yaml.safe_load((run_dir / "resolved_suite.yaml").read_text())
-        exp = self.experiment_id(experiment_name(record["suite"], record["synthetic"]))
+        exp = self.experiment_id(experiment_name(record["suite"], record["synthetic"],
+                                                 record_world(record)))
         sha, key = record["checkpoint_sha256"], readout_key(record)
         meta = record.get("checkpoint_meta", {})
         tags = {"method": meta.get("method", "unknown"), "arch": record["arch"],
@@ -231,6 +248,7 @@ class Tracker:
                 "git_sha": record.get("git_sha", ""),
                 "pretrain_git_sha": str(meta.get("git_sha", "")),
                 "synthetic": str(record["synthetic"]).lower(), "suite": record["suite"],
+                "world": str(record_world(record) or ""),
                 "suite_hash": record["suite_hash"], "dataset": record["dataset"],
                 "head": record["head"], "scale": str(record.get("scale", "")),
                 "bench_key": key}
@@ -325,9 +343,13 @@ class Tracker:
         self.client.set_tag(parent, "seeds", str(len(children)))
         self.client.set_terminated(parent, "FINISHED")
 
-    def parent_runs(self, suite: str, synthetic: bool) -> list[dict]:
-        """One dict per (checkpoint, suite hash): tags and metrics of the parent run."""
-        exp = self.experiment_id(experiment_name(suite, synthetic), create=False)
+    def parent_runs(self, suite: str, synthetic: bool, world: int | None = None) -> list[dict]:
+        """One dict per (checkpoint, suite hash): tags and metrics of the parent run, on real
+        data or on one synthetic world (default: the current world version)."""
+        if synthetic and world is None:
+            from .synth.world import DEFAULT_VERSION
+            world = DEFAULT_VERSION
+        exp = self.experiment_id(experiment_name(suite, synthetic, world), create=False)
         return [{"run_id": r.info.run_id, "tags": dict(r.data.tags),
                  "metrics": dict(r.data.metrics)}
                 for r in self._runs([exp], bench_kind="parent")]
@@ -336,7 +358,8 @@ class Tracker:
     def log_pretrain(self, out_dir) -> str:
         out_dir = Path(out_dir)
         record = json.loads((out_dir / PRETRAIN_RECORD).read_text())
-        exp = self.experiment_id(experiment_name(PRETRAIN_EXPERIMENT, record["synthetic"]))
+        exp = self.experiment_id(experiment_name(PRETRAIN_EXPERIMENT, record["synthetic"],
+                                                 record_world(record)))
         done = self._complete_run(exp, record["record_id"])
         if done:
             return done
@@ -347,6 +370,7 @@ class Tracker:
                 "epochs": format_epochs(record["epochs"]),
                 "checkpoint_sha256": record["checkpoint_sha256"],
                 "git_sha": record["git_sha"], "synthetic": str(record["synthetic"]).lower(),
+                "world": str(record_world(record) or ""),
                 "bench_kind": "pretrain", "bench_record": record["record_id"]}
         end = epoch_ms(record.get("finished"))
         run = self._new_run(exp, f"{record['method']} {record['preset']}", tags,

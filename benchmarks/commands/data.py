@@ -19,11 +19,16 @@ def register(sub) -> None:
 
     from ..synth import PRESETS
     from ..synth.export import WRITERS
+    from ..synth.world import DEFAULT_VERSION, VERSIONS
     p = dsub.add_parser("synth", help="write the synthetic world in the real dataset layouts")
     p.add_argument("--out", required=True, help="output data root")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
                    help="tiny (~64x128, seconds), small (~256x512, <2 min), full (720x1280)")
     p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--world-version", type=int, default=DEFAULT_VERSION,
+                   choices=sorted(VERSIONS),
+                   help="; ".join(f"{v}: {d.split(': ', 1)[1]}" for v, d in VERSIONS.items())
+                   + f" (default {DEFAULT_VERSION})")
     p.add_argument("--parts", nargs="+", default=list(WRITERS), choices=list(WRITERS),
                    help="which layouts to write (default: all)")
     p.add_argument("--no-progress", action="store_true")
@@ -52,10 +57,10 @@ def register(sub) -> None:
 def cmd_synth(args) -> int:
     from ..synth.export import write_world
     manifest = write_world(args.out, preset=args.preset, seed=args.seed, parts=args.parts,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, version=args.world_version)
     total = sum(manifest["seconds"].values())
-    print(f"synthetic world (preset={args.preset}, seed={args.seed}) written to {args.out} "
-          f"in {total:.1f} s")
+    print(f"synthetic world {manifest['world_version']} (preset={args.preset}, "
+          f"seed={args.seed}) written to {args.out} in {total:.1f} s")
     for part, n in manifest["counts"].items():
         print(f"  {part:<11} {n:>5} items  {manifest['seconds'][part]:7.1f} s")
     print("every file here is SYNTHETIC: results on it are tagged synthetic, never real.")

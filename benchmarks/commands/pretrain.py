@@ -178,7 +178,7 @@ def write_record(out: Path, *, method: str, preset: str, videos, seconds: float)
     resumed after it finished keeps its first record."""
     from core.io import atomic_path
     from readout.backbone import file_sha256, read_checkpoint
-    from ..runner import is_synthetic
+    from ..runner import world_version
     from ..tracking import PRETRAIN_RECORD
     path, checkpoint = out / PRETRAIN_RECORD, out / "backbone.pth"
     if not checkpoint.is_file():
@@ -194,7 +194,8 @@ def write_record(out: Path, *, method: str, preset: str, videos, seconds: float)
     rates = [c["pairs_per_s"] for c in curve if "pairs_per_s" in c]
     record = {"kind": "pretrain", "status": "finished", "record_id": uuid.uuid4().hex,
               "method": method, "preset": preset, "videos": str(videos),
-              "synthetic": is_synthetic(videos), "checkpoint": str(checkpoint.resolve()),
+              "synthetic": world_version(videos) is not None,
+              "world": world_version(videos), "checkpoint": str(checkpoint.resolve()),
               "checkpoint_sha256": sha, "arch": ckpt["arch"],
               "epochs": meta.get("epochs"), "steps": len(curve),
               "pairs_per_s": sum(rates) / len(rates) if rates else float("nan"),

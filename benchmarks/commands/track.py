@@ -11,6 +11,8 @@ from pretrain.cli import at_least
 
 from ..cli import UserError
 from ..suite import load_suite, suite_names
+from ..synth.world import DEFAULT_VERSION as DEFAULT_WORLD
+from ..synth.world import VERSIONS as WORLD_VERSIONS
 
 URI_HELP = "MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)"
 
@@ -38,6 +40,9 @@ def register(sub) -> None:
                    help="add the papers' rows (results/published/results.csv)")
     p.add_argument("--synthetic", action="store_true",
                    help="the synthetic-world results of the suite (never beside published)")
+    p.add_argument("--world", type=int, default=None, choices=sorted(WORLD_VERSIONS),
+                   help=f"with --synthetic: which world version (default "
+                        f"{DEFAULT_WORLD}; results of two worlds never mix)")
     p.add_argument("--per-class", action="store_true", help="add per-class columns")
     p.add_argument("--format", choices=("csv", "md", "text"), default=None,
                    help="default: text on screen, csv for --out FILE.csv, md for FILE.md")
@@ -105,8 +110,10 @@ def cmd_leaderboard(args) -> int:
     if args.suite not in suite_names():
         raise UserError(f"unknown suite {args.suite!r}; known: {', '.join(suite_names())}")
     tracker = _tracker(args.tracking_uri)
+    if args.world is not None and not args.synthetic:
+        raise UserError("--world picks a synthetic world: add --synthetic")
     rows = leaderboard(args.suite, tracker, published=args.published,
-                       synthetic=args.synthetic)
+                       synthetic=args.synthetic, world=args.world)
     if not rows:
         hint = "run `bench run --suite ...` first"
         if not args.synthetic and tracker.parent_runs(args.suite, True):
@@ -119,7 +126,8 @@ def cmd_leaderboard(args) -> int:
     classes = get_dataset_class(load_suite(args.suite)["dataset"]).classes
     header, body = to_table(rows, per_class=args.per_class, classes=classes)
     main = (metric_columns(rows) or ["mIoU"])[0]
-    title = f"{args.suite}" + (" - SYNTHETIC world" if args.synthetic else "")
+    title = f"{args.suite}" + (f" - SYNTHETIC world {args.world or DEFAULT_WORLD}"
+                               if args.synthetic else "")
     _output(header, body, args.format, args.out, lambda png: chart(rows, main, png, title))
     return 0
 
@@ -132,8 +140,11 @@ def _matrix(args) -> int:
     if unknown:
         raise UserError(f"--suites {', '.join(unknown)}: unknown; known: "
                         f"{', '.join(suite_names())}")
+    if args.world is not None and not args.synthetic:
+        raise UserError("--world picks a synthetic world: add --synthetic")
     columns, rows = matrix(_tracker(args.tracking_uri), args.suites, args.metric,
-                           published=args.published, synthetic=args.synthetic)
+                           published=args.published, synthetic=args.synthetic,
+                           world=args.world)
     if not rows:
         print("no results" + (" (synthetic)" if args.synthetic else " on real data")
               + " for these suites yet: run `bench run` or `bench sweep` first"

@@ -22,7 +22,7 @@ from readout.datasets.classes import (BDD100K_DET_CLASSES, CITYSCAPES_INSTANCE_T
                                       IGNORE_INDEX, cityscapes_train_to_label_ids)
 
 from . import scene as S
-from .world import PRESETS, SyntheticWorld, hex_name
+from .world import DEFAULT_VERSION, PRESETS, VERSIONS, SyntheticWorld, hex_name
 
 MANIFEST = "synth_manifest.json"
 FLOW_SCALE = 32.0  # stored value = round(flow * FLOW_SCALE)
@@ -185,8 +185,26 @@ WRITERS = {"cityscapes": write_cityscapes, "bdd100k": write_bdd100k_images,
            "videos": write_bdd100k_videos, "ade20k": write_ade20k}
 
 
+def conditions_summary(world: SyntheticWorld) -> dict:
+    """How often each time of day and weather occurs among the world's videos and stills
+    (world 2; empty in world 1), and each video's conditions."""
+    if world.version == 1:
+        return {}
+    captures = [("video", v.split, v.index) for v in world.videos]
+    captures += [(d, split, i) for d, splits in world.preset.images.items()
+                 for split, n in splits.items() for i in range(n)]
+    counts: dict = {"time_of_day": {}, "weather": {}}
+    for capture in captures:
+        c = world.conditions(*capture)
+        for key in counts:
+            counts[key][c[key]] = counts[key].get(c[key], 0) + 1
+    return {**counts, "videos": {v.name: world.conditions("video", v.split, v.index)
+                                 for v in world.videos}}
+
+
 def write_world(out: str | Path, preset: str = "tiny", seed: int = 0,
-                parts=tuple(WRITERS), progress: bool = True) -> dict:
+                parts=tuple(WRITERS), progress: bool = True,
+                version: int = DEFAULT_VERSION) -> dict:
     """Generate every requested part under `out`; returns the manifest (also written)."""
     if preset not in PRESETS:
         raise KeyError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
@@ -195,7 +213,7 @@ def write_world(out: str | Path, preset: str = "tiny", seed: int = 0,
         raise KeyError(f"unknown parts {sorted(unknown)}; known: {', '.join(WRITERS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    world = SyntheticWorld(preset, seed)
+    world = SyntheticWorld(preset, seed, version=version)
     roots = {"cityscapes": out / "cityscapes", "bdd100k": out / "bdd100k",
              "videos": out / "bdd100k", "ade20k": out / "ade20k"}
     seconds, counts = {}, {}
@@ -205,12 +223,14 @@ def write_world(out: str | Path, preset: str = "tiny", seed: int = 0,
         seconds[part] = round(time.perf_counter() - t0, 3)
     manifest = {
         "format": "flowssl-synth/1", "synthetic": True, "preset": preset, "seed": seed,
+        "world_version": world.version, "world": VERSIONS[world.version],
         "video_size": list(world.preset.video_size), "fps": world.fps,
         "frames_per_video": world.num_frames,
         "videos": [{"name": v.name, "split": v.split, "index": v.index} for v in world.videos]
         if "videos" in parts else [],
         "counts": counts, "seconds": seconds,
         "ignore_index": IGNORE_INDEX, "det_classes": list(BDD100K_DET_CLASSES),
+        "conditions": conditions_summary(world),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest

@@ -111,8 +111,27 @@ def render(scene: S.Scene, cam: Camera, time: float) -> Render:
     instance[is_box] = boxes.instance[prim[is_box] - 1]
     points = c + np.where(np.isfinite(depth), depth, 0.0)[..., None] * rays
     label[prim == GROUND_ID] = ground_class(scene, points[prim == GROUND_ID][:, 0])
-    image = _shade(scene, cam, rays, depth, prim, face, points, label, lo_all, hi_all)
+    if scene.style is None:
+        image = _shade(scene, cam, rays, depth, prim, face, points, label, lo_all, hi_all)
+    else:
+        from .light import shade
+        image = shade(scene, cam, rays, depth, prim, face, points, label, lo_all, hi_all, time)
     return Render(cam, time, depth, prim, face, coverage, label, instance, image)
+
+
+def box_surface(prim, face, points, lo_all, hi_all):
+    """Where each box pixel lies on its box: (is_box [H, W], box index [N], face [N],
+    surface coordinates uv [N, 2] in metres, position local to the box's low corner [N, 3],
+    box height [N])."""
+    is_box = prim > 0
+    idx = prim[is_box] - 1
+    local = points[is_box] - lo_all[idx]
+    f = face[is_box].astype(np.int64)
+    axis = f // 2
+    # surface coordinates: the two axes other than the face normal (height is local y)
+    first = np.where(axis == 0, local[:, 2], local[:, 0])
+    second = np.where(axis == 1, local[:, 2], local[:, 1])
+    return is_box, idx, f, np.stack([first, second], -1), local, (hi_all - lo_all)[idx, 1]
 
 
 def _shade(scene, cam, rays, depth, prim, face, points, label, lo_all, hi_all) -> np.ndarray:
@@ -124,18 +143,9 @@ def _shade(scene, cam, rays, depth, prim, face, points, label, lo_all, hi_all) -
     g = prim == GROUND_ID
     out[g] = T.ground_color(points[g], label[g], footprint[g], scene.ground_seed)
     boxes = scene.boxes
-    is_box = prim > 0
-    idx = prim[is_box] - 1
-    local = points[is_box] - lo_all[idx]
-    f = face[is_box].astype(np.int64)
-    axis = f // 2
-    # surface coordinates: the two axes other than the face normal (height is local y)
-    first = np.where(axis == 0, local[:, 2], local[:, 0])
-    second = np.where(axis == 1, local[:, 2], local[:, 1])
-    uv = np.stack([first, second], -1)
+    is_box, idx, f, uv, local, extent = box_surface(prim, face, points, lo_all, hi_all)
     colors = np.empty((len(idx), 3))
     fp = footprint[is_box]
-    extent = (hi_all - lo_all)[idx, 1]
     for m in np.unique(boxes.material[idx]):
         sel = boxes.material[idx] == m
         seed = boxes.tex_seed[idx[sel]] * 8 + f[sel]

@@ -61,6 +61,7 @@ class Scene:
     outer_class: tuple[int, int]  # ground class beyond the sidewalk, (left, right)
     ground_seed: int
     duration: float
+    style: object = None  # world v2: style.Style (looks and capture conditions); None = v1
 
     def camera(self, time: float, height: int, width: int, focal: float) -> Camera:
         phase = 2 * np.pi * self.yaw_freq * time + self.yaw_phase

@@ -12,8 +12,13 @@ import numpy as np
 
 from .render import GROUND_ID, Render, flow_between, follow, render
 from .scene import Scene, make_scene
+from .style import restyle
 
 FOCAL_OVER_WIDTH = 0.75  # horizontal field of view of about 67 degrees
+VERSIONS = {1: "world 1: fixed sun and camera, class-typical colours (until issue 29)",
+            2: "world 2: per-capture time of day / weather / camera drawn from BDD100K's "
+               "attribute frequencies, per-instance looks that overlap across classes"}
+DEFAULT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -61,16 +66,22 @@ def hex_name(seed: int, split: str, index: int) -> str:
 class SyntheticWorld:
     """Procedural driving world with exact flow, occlusion and labels.
 
-    ``SyntheticWorld(preset="tiny" | "small" | "full", seed=0)``; frames are indexed by
-    integer (or fractional) frame number t at ``preset.fps``.
+    ``SyntheticWorld(preset="tiny" | "small" | "full", seed=0, version=2)``; frames are
+    indexed by integer (or fractional) frame number t at ``preset.fps``. Both versions
+    share every scene's geometry; version 2 redraws looks and capture conditions (VERSIONS).
     """
 
     SPLIT_CODES = {"train": 1, "val": 2}
     PURPOSE_CODES = {"video": 1, "cityscapes": 2, "bdd100k": 3, "ade20k": 4}
 
-    def __init__(self, preset: str = "tiny", seed: int = 0, cache_size: int = 6):
+    def __init__(self, preset: str = "tiny", seed: int = 0, cache_size: int = 6,
+                 version: int = DEFAULT_VERSION):
         if preset not in PRESETS:
             raise KeyError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
+        if version not in VERSIONS:
+            raise KeyError(f"unknown world version {version!r}; known: "
+                           f"{', '.join(map(str, VERSIONS))}")
+        self.version = int(version)
         self.preset = PRESETS[preset]
         self.seed = int(seed)
         self.videos = [VideoSpec(hex_name(self.seed, split, i), split, i)
@@ -85,7 +96,8 @@ class SyntheticWorld:
             duration = (self.preset.frames_per_video / self.preset.fps
                         if purpose == "video" else 1.0)
             seed = [self.seed, self.PURPOSE_CODES[purpose], self.SPLIT_CODES[split], index]
-            self._remember(key, make_scene(seed, duration))
+            scene = make_scene(seed, duration)
+            self._remember(key, restyle(scene, seed) if self.version == 2 else scene)
         return self._renders[key]
 
     def _remember(self, key, value):
@@ -105,6 +117,12 @@ class SyntheticWorld:
         out = render(scene, cam, time)
         self._remember(key, out)
         return out
+
+    def conditions(self, purpose: str, split: str, index: int) -> dict:
+        """The capture conditions of a video ("video") or still (a dataset name); {} in
+        world 1, where every capture has the same light and camera."""
+        scene = self._scene(purpose, split, index)
+        return scene.style.conditions.describe() if scene.style is not None else {}
 
     # -- videos ---------------------------------------------------------------------------
     def video(self, video: int | str) -> VideoSpec:

@@ -1,5 +1,6 @@
 import csv
 import io
+import json
 import os
 import re
 import shlex
@@ -191,11 +192,19 @@ def test_console_script_demo_end_to_end_then_the_readme_commands_as_written(
     board = (demo / "leaderboard.csv").read_text()  # MLflow, one row per checkpoint
     rows = list(csv.DictReader(io.StringIO(board)))
     assert sorted(r["method"] for r in rows) == labels
-    assert all(r["source"] == "ours (SYNTHETIC world)" and float(r["mIoU"]) >= 0 for r in rows)
+    assert all(r["source"] == "ours (SYNTHETIC world 2)" and float(r["mIoU"]) >= 0 for r in rows)
     study = list(csv.DictReader((demo / "summary" / "leaderboard.csv").open()))
-    assert len(study) == 3 * len(labels) and {r["seeds"] for r in study} == {"1"}
-    assert sorted({r["method"] for r in study}) == labels
+    floor = "Colour only (linear on RGB)"  # the calibration's floor, on the linear suites
+    assert len(study) == 3 * len(labels) + 2 and {r["seeds"] for r in study} == {"1"}
+    assert sorted({r["method"] for r in study}) == sorted([*labels, floor])
+    assert {r["suite"] for r in study if r["method"] == floor} == {"cityscapes_linear",
+                                                                   "bdd_linear"}
     assert {r["suite"] for r in study} == {"cityscapes_linear", "bdd_linear", "cityscapes_knn"}
+    summary = json.loads((demo / "summary" / "study.json").read_text())
+    assert summary["world"]["version"] == 2
+    assert {(c["suite"], c["target"]) for c in summary["calibration"]} == {
+        (s, t) for s in ("cityscapes_linear", "bdd_linear")
+        for t in ("scratch_over_supervised", "colour_only_below_scratch")}
     assert (demo / "summary" / "leaderboard.png").is_file()
     health = list(csv.DictReader((demo / "summary" / "pretrain_health.csv").open()))
     assert {r["method"] for r in health} >= {"flowe", "poodle"}

@@ -31,7 +31,7 @@ def test_run_smoke_writes_the_record(head, tiny_root, r18_path, tmp_path, capsys
     assert "SYNTHETIC" in out and "mIoU" in out
     (run_dir,) = list(tmp_path.glob(f"{suite}/*/seed0"))
     record = json.loads((run_dir / "metrics.json").read_text())
-    assert record["synthetic"] is True and record["scale"] == "smoke"
+    assert record["synthetic"] is True and record["scale"] == "smoke" and record["world"] == 2
     assert math.isfinite(record["metrics"]["mIoU"]) and len(record["per_class"]) == 19
     absent = [c for c, v in record["per_class"].items() if math.isnan(v)]
     assert absent and all(f"{c} absent" in out for c in absent)  # printed, never as 0

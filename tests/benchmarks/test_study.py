@@ -56,7 +56,13 @@ def test_expectations_are_judged_on_the_numbers():
     beats_byol = next(c for c in checks if c["method"] == "byol")
     assert beats_byol["difference"] == pytest.approx(1.0) and "needs > 2" in beats_byol["text"]
     small = next(c for c in checks if c["kind"] == "at_least")  # 2.1 vs 1.2 mIoU_small
-    assert small["informative"]
+    assert not small["informative"] and "Supervised reaches 3.10 < 5" in small["text"]
+    found = leaderboard_rows(_table({"supervised": [60, 61, 62], "byol": [11, 12, 13],
+                                     "flowe": [20, 21, 22]}), ["supervised", "byol", "flowe"])
+    (small,) = check_expectations([
+        {"kind": "at_least", "methods": ["flowe"], "than": "byol", "metric": "mIoU_small",
+         "suites": ["cityscapes_linear"], "source": "s"}], found)
+    assert small["informative"] and small["met"]  # Supervised finds them: 6.1
     tiny = leaderboard_rows(_table({"byol": [0.1, 0.2], "flowe": [0.0, 0.0]}), ["byol", "flowe"])
     (check,) = check_expectations([
         {"kind": "at_least", "methods": ["flowe"], "than": "byol", "metric": "mIoU",
@@ -69,8 +75,8 @@ def test_a_changed_method_config_changes_only_its_own_runs(tmp_path, monkeypatch
     before = {m: study.run_folder(m, 0) for m in study.methods}
     original = Study.pretrain_config
 
-    def changed(self, method):
-        config = original(self, method)
+    def changed(self, method, lr=None):
+        config = original(self, method, lr)
         return apply_overrides(config, ["schedule.lr=0.2"]) if method == "flowe" else config
 
     monkeypatch.setattr(Study, "pretrain_config", changed)
@@ -166,3 +172,37 @@ def test_an_interrupted_study_keeps_the_time_it_spent(tmp_path, monkeypatch):
     times = json.loads((tmp_path / "study_time.json").read_text())
     assert [i.get("interrupted", False) for i in times["invocations"]] == [True, False]
     assert times["total"] == pytest.approx(times["invocations"][0]["seconds"] + 2.0, abs=0.05)
+
+
+def test_the_lr_grid_chooses_on_a_held_out_training_slice_and_never_reads_val(
+        tiny_root, tmp_path, monkeypatch):
+    """Each factor's checkpoint is scored by kNN on held-out *training* images, and the
+    best held-out score chooses; building any other split fails the test."""
+    import shutil
+    import readout.datasets as datasets
+    spec = dict(load_study("tiny"), lr_grid={
+        "factors": [0.5, 1, 2], "suite": "cityscapes_knn", "scale": "smoke",
+        "holdout": 0.25, "source": "test"})
+    study = Study(validate_study(spec, "test"), tmp_path, methods=["byol"], device="cpu",
+                  progress=False, log=lambda *_: None)
+    shutil.copytree(tiny_root, study.data)
+    built = []
+    original = datasets.build_dataset
+
+    def no_val(name, root=None, split="train", **kw):
+        built.append(split)
+        assert split == "train", f"the lr grid read the {split} split"
+        return original(name, root, split, **kw)
+
+    monkeypatch.setattr(datasets, "build_dataset", no_val)
+    lr = study.choose_lr("byol")
+    assert set(built) == {"train"}
+    rows = study.lr_table
+    assert [r["factor"] for r in rows] == [0.5, 1, 2] and sum(r["chosen"] for r in rows) == 1
+    best = max(rows, key=lambda r: (r["heldout_mIoU"], -abs(math.log(r["factor"]))))
+    assert best["chosen"] and lr == pytest.approx(study.paper_lr("byol") * best["factor"])
+    assert all(r["heldout_images"] == 2 for r in rows)  # 25 % of the 8 training images
+    # the study's own seed-0 run is the chosen grid run, not a fourth pretraining
+    assert study.run_folder("byol", 0) == study.run_folder("byol", 0, lr)
+    folders = {study.run_folder("byol", 0, study.paper_lr("byol") * f) for f in (0.5, 1, 2)}
+    assert len(folders) == 3 and all((f / "backbone.pth").is_file() for f in folders)

@@ -50,7 +50,7 @@ def _records(runs):
 
 def _children(tracker, synthetic=True):
     (parent,) = tracker.parent_runs(SUITE, synthetic)
-    exp = tracker.experiment_id(f"{SUITE} [synthetic]" if synthetic else SUITE)
+    exp = tracker.experiment_id(f"{SUITE} [synthetic world 2]" if synthetic else SUITE)
     return parent, tracker._runs([exp], **{"mlflow.parentRunId": parent["run_id"]})
 
 
@@ -71,7 +71,7 @@ def test_outage_then_sync_then_rerun_is_a_noop(server, offline_runs, tiny_root, 
     assert parent["metrics"]["mIoU"] == pytest.approx(statistics.fmean(mious))
     assert parent["metrics"]["mIoU_std"] == pytest.approx(statistics.stdev(mious))
     tags = parent["tags"]
-    assert tags["synthetic"] == "true" and tags["method"] == "scratch"
+    assert tags["synthetic"] == "true" and tags["method"] == "scratch" and tags["world"] == "2"
     assert tags["checkpoint_sha256"] == local[0]["checkpoint_sha256"]
     assert tags["suite_hash"] == local[0]["suite_hash"] and tags["arch"] == "resnet18"
     child = next(c for c in children if c.data.tags["seed"] == "0")
@@ -147,7 +147,7 @@ def test_default_store_is_sqlite_in_the_working_folder(offline_runs, tmp_path, m
     capsys.readouterr()
     assert main(["leaderboard", "--suite", SUITE, "--synthetic"]) == 0
     out = capsys.readouterr().out
-    assert "Scratch" in out and "ours (SYNTHETIC world)" in out and "±" in out
+    assert "Scratch" in out and "ours (SYNTHETIC world 2)" in out and "±" in out
     assert main(["leaderboard", "--suite", SUITE, "--synthetic", "--published"]) == 2
     assert "never put beside" in capsys.readouterr().err
     assert main(["leaderboard", "--suite", SUITE, "--synthetic", "--out",
@@ -179,7 +179,7 @@ def test_pretraining_run_is_logged_and_readouts_carry_its_lineage(tiny_root, tmp
     record = json.loads((out / "pretrain_record.json").read_text())
     assert record["synthetic"] is True and record["steps"] == 4
     tracker = Tracker(uri)
-    exp = tracker.experiment_id("pretrain [synthetic]")
+    exp = tracker.experiment_id("pretrain [synthetic world 2]")
     (run,) = tracker._runs([exp], bench_kind="pretrain")
     assert run.data.tags["checkpoint_sha256"] == record["checkpoint_sha256"]
     assert len(tracker.client.get_metric_history(run.info.run_id, "train/loss")) == 4
@@ -219,7 +219,7 @@ def test_eval_every_draws_a_knn_curve_logged_to_the_pretraining_run(tiny_root, t
     curve = json.loads((out / "eval_curve.json").read_text())
     assert [c["step"] for c in curve] == [1, 2] and all(0 <= c["mIoU"] <= 100 for c in curve)
     tracker = Tracker(uri)
-    (run,) = tracker._runs([tracker.experiment_id("pretrain [synthetic]")],
+    (run,) = tracker._runs([tracker.experiment_id("pretrain [synthetic world 2]")],
                            bench_kind="pretrain")
     history = tracker.client.get_metric_history(run.info.run_id, "eval/cityscapes_knn/mIoU")
     assert sorted(m.step for m in history) == [1, 2]

@@ -38,7 +38,7 @@ def test_a_readout_run_interrupted_mid_logging_is_logged_again_in_full(
         assert main(["sync", str(runs), "--tracking-uri", uri]) == 1
     assert "0 pushed, 0 already there, 2 failed" in capsys.readouterr().out
     tracker = Tracker(uri)
-    exp = tracker.experiment_id(f"{SUITE} [synthetic]")
+    exp = tracker.experiment_id(f"{SUITE} [synthetic world 2]")
     halves = tracker._runs([exp], bench_kind="seed")
     assert len(halves) == 2 and {h.info.status for h in halves} == {"RUNNING"}
     assert not list(runs.rglob(SYNC_NAME))
@@ -76,6 +76,7 @@ def test_a_pretraining_run_interrupted_mid_logging_is_logged_again_in_full(
         assert push_record(out / PRETRAIN_RECORD, uri=uri) is None
     run_id = push_record(out / PRETRAIN_RECORD, uri=uri)
     tracker = Tracker(uri)
+    # a record from before world versions: world 1's experiment
     (run,) = tracker._runs([tracker.experiment_id("pretrain [synthetic]")],
                            bench_kind="pretrain")
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
