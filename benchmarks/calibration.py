@@ -16,11 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-COLOUR_ONLY = "colour_only"
 SCRATCH_OVER_SUPERVISED = (0.2, 0.4)
 COLOUR_OVER_SCRATCH = 0.8  # our reading of "well below Scratch": at most 80 % of it, and
 # more than 2 pooled std below (world 1 measured 0.92 / 0.97, world 2 0.69 / 0.73)
-REAL_RATIOS = {"BDD100K (FlowE Table 1, PooDLe Table 1)": 9.7 / 36.7}
+REAL_RATIO = 9.7 / 36.7  # BDD100K linear, Scratch / IN1K-supervised (PooDLe Table 1)
 
 
 class ColourOnly(nn.Module):
@@ -82,40 +81,36 @@ def colour_only_readout(resolved: dict, data_root, *, seed: int, work_dir: Path,
                         pixels: int = 200_000, device="cpu", progress: bool = False) -> dict:
     """The colour-only floor of a segmentation suite: metrics as the suite reports them."""
     from readout.datasets import build_dataset
-    from readout.train import evaluate
-    from .runner import class_group_indices
+    from .runner import class_group_indices, evaluate_suite
     train_set = build_dataset(resolved["dataset"], data_root, resolved["splits"]["train"])
     eval_set = build_dataset(resolved["dataset"], data_root, resolved["splits"]["eval"])
     work_dir.mkdir(parents=True, exist_ok=True)
     groups = class_group_indices(resolved, train_set, work_dir)
     x, y = sample_pixels(train_set, pixels, seed)
     model = fit_colour_only(x, y, train_set.num_classes, seed=seed)
-    ev = resolved["eval"]
-    metrics = evaluate(model, eval_set, num_classes=train_set.num_classes, device=device,
-                       mode=ev.get("mode", "whole"), crop=ev.get("crop"),
-                       stride=ev.get("stride"), resize=ev.get("resize"), class_groups=groups,
-                       progress=progress)
+    metrics = evaluate_suite(model, resolved, eval_set, train_set.num_classes, groups,
+                             device=device, progress=progress)
     return {k: v for k, v in metrics.items() if k not in ("IoU", "confusion")}
 
 
 def calibration(board: list[dict], suites: list[str], by_std: float = 2.0) -> list[dict]:
     """The two targets per linear suite, judged on the study's leaderboard rows."""
+    from .study import FLOOR, _cell, _z
+
     def cell(method, suite):
-        for row in board:
-            if (row["method"], row["suite"]) == (method, suite):
-                return row["mIoU"], 0.0 if math.isnan(row["mIoU_std"]) else row["mIoU_std"]
-        return None
+        found = _cell(board, method, suite, "mIoU")
+        return None if found is None else (found[0], _z(found[1]))
     out = []
     lo, hi = SCRATCH_OVER_SUPERVISED
     for suite in suites:
-        scratch, sup, colour = (cell(m, suite) for m in ("scratch", "supervised", COLOUR_ONLY))
+        scratch, sup, colour = (cell(m, suite) for m in ("scratch", "supervised", FLOOR))
         if scratch and sup and sup[0] > 0:
             ratio = scratch[0] / sup[0]
             out.append({"suite": suite, "target": "scratch_over_supervised",
                         "value": ratio, "range": [lo, hi], "met": lo <= ratio <= hi,
                         "text": f"{suite}: Scratch / Supervised mIoU = {scratch[0]:.2f} / "
                                 f"{sup[0]:.2f} = {ratio:.2f} (target [{lo}, {hi}]; real "
-                                f"BDD100K {REAL_RATIOS[next(iter(REAL_RATIOS))]:.2f})"})
+                                f"BDD100K {REAL_RATIO:.2f})"})
         if scratch and colour:
             pooled = math.sqrt((scratch[1] ** 2 + colour[1] ** 2) / 2)
             gap = scratch[0] - colour[0]

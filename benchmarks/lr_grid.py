@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .lr_sweep import hold_out
+
 HOLDOUT_STREAM = 29  # the held-out slice's random stream, apart from every other draw
 
 
@@ -32,17 +34,6 @@ class Slice:
         return getattr(self.dataset, name)
 
 
-def holdout_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(memory images, held-out images) of a training split of n images."""
-    held_n = max(1, round(fraction * n))
-    if held_n >= n:
-        raise ValueError(f"lr_grid.holdout: {n} training image(s) cannot spare {held_n}")
-    rng = np.random.default_rng([seed, HOLDOUT_STREAM])
-    held = sorted(int(i) for i in rng.choice(n, size=held_n, replace=False))
-    keep = set(held)
-    return [i for i in range(n) if i not in keep], held
-
-
 def heldout_knn(resolved: dict, checkpoint, data_root, *, holdout: float, seed: int,
                 work_dir: Path, device="cpu", progress: bool = False) -> dict:
     """kNN readout of `checkpoint` with memory and queries both from the training split
@@ -50,24 +41,22 @@ def heldout_knn(resolved: dict, checkpoint, data_root, *, holdout: float, seed: 
     from readout.backbone import read_checkpoint
     from readout.datasets import build_dataset
     from readout.knn import fill_memory
-    from readout.train import evaluate
     from .runner import _segmentation
     if resolved["task"] != "retrieval_segmentation":
         raise ValueError(f"lr_grid.suite: {resolved['name']} is not a kNN readout")
     train = build_dataset(resolved["dataset"], data_root, resolved["splits"]["train"])
-    keep, held = holdout_split(len(train), holdout, seed)
+    keep, held = hold_out(list(range(len(train))), holdout, seed, HOLDOUT_STREAM,
+                          "lr_grid.holdout")
     memory, queries = Slice(train, keep), Slice(train, held)
     work_dir.mkdir(parents=True, exist_ok=True)
-    model, _, _, _ = _segmentation(resolved, read_checkpoint(checkpoint, log=lambda *_: None),
-                                   memory, work_dir, lambda *_: None)
+    model, evaluate_fn, _, _ = _segmentation(
+        resolved, read_checkpoint(checkpoint, log=lambda *_: None), memory, work_dir,
+        lambda *_: None)
     p = resolved["protocol"]
     fill_memory(model, memory, memory_size=p["memory_size"],
                 augment_epochs=p["augment_epochs"], resize=p["resize"], crop=p["crop"],
                 flip=p["flip"], seed=seed, device=device, progress=progress)
-    ev = resolved["eval"]
-    metrics = evaluate(model, queries, num_classes=train.num_classes, device=device,
-                       mode=ev.get("mode", "whole"), crop=ev.get("crop"),
-                       stride=ev.get("stride"), resize=ev.get("resize"), progress=progress)
+    metrics, _, _ = evaluate_fn(model, queries, device, progress)
     return {"mIoU": metrics["mIoU"], "Acc": metrics.get("Acc"), "memory_images": len(keep),
             "heldout_images": len(held)}
 

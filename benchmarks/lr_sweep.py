@@ -18,11 +18,18 @@ def sweep_split(indices: list[int], lrs, holdout: float, seed: int
     image is held out, so the run is the plain run."""
     if len(lrs) < 2:
         return list(indices), []
-    n = max(1, round(holdout * len(indices)))
+    return hold_out(indices, holdout, seed, HOLDOUT_STREAM, "lr_sweep")
+
+
+def hold_out(indices: list[int], fraction: float, seed: int, stream: int, what: str
+             ) -> tuple[list[int], list[int]]:
+    """(kept images, held-out images): round(fraction x n), at least one, drawn from the
+    random stream (seed, stream); `what` names the setting in the error."""
+    n = max(1, round(fraction * len(indices)))
     if n >= len(indices):
-        raise ValueError(f"lr_sweep: {len(indices)} training image(s) cannot spare "
+        raise ValueError(f"{what}: {len(indices)} training image(s) cannot spare "
                          f"{n} for choosing the learning rate")
-    rng = np.random.default_rng([seed, HOLDOUT_STREAM])
+    rng = np.random.default_rng([seed, stream])
     held = sorted(int(i) for i in rng.choice(indices, size=n, replace=False))
     keep = set(held)
     return [i for i in indices if i not in keep], held

@@ -297,10 +297,16 @@ class Study:
         return f"{key}=<out>/{rel}" if rel is not value else override
 
     def pretrain_config(self, method: str, lr: float | None = None) -> dict:
+        """The method's study preset with the study's overrides and its learning rate
+        (`lr`, else the one lr_grid chose, else the preset's)."""
+        from pretrain.config import apply_overrides
+        return apply_overrides(self.preset_config(method), self.lr_overrides(method, lr))
+
+    def preset_config(self, method: str) -> dict:
+        """The method's study preset with the study's overrides (the grid's x1)."""
         from pretrain.config import apply_overrides, load_preset
         return apply_overrides(load_preset(method, self.spec["pretrain_preset"]),
-                               self.spec.get("pretrain_overrides", [])
-                               + self.lr_overrides(method, lr))
+                               self.spec.get("pretrain_overrides", []))
 
     def lr_overrides(self, method: str, lr: float | None = None) -> list[str]:
         """``schedule.lr=...``: the grid's rate `lr`, else the one lr_grid chose, else none
@@ -309,10 +315,7 @@ class Study:
         return [] if lr is None else [f"schedule.lr={lr!r}"]
 
     def paper_lr(self, method: str) -> float:
-        from pretrain.config import apply_overrides, load_preset
-        return float(apply_overrides(load_preset(method, self.spec["pretrain_preset"]),
-                                     self.spec.get("pretrain_overrides", []))
-                     ["schedule"]["lr"])
+        return float(self.preset_config(method)["schedule"]["lr"])
 
     def choose_lr(self, method: str) -> float:
         """lr_grid: pretrain seed 0 at each factor x the preset's learning rate, score each
@@ -478,8 +481,8 @@ class Study:
     def linear_suites(self) -> list[dict]:
         """The study's trained segmentation readouts (the calibration's suites)."""
         from .suite import resolve_suite
-        return [resolve_suite(r["suite"], scale=r["scale"]) for r in self.spec["readouts"]
-                if resolve_suite(r["suite"], scale=r["scale"])["task"] == "semantic_segmentation"]
+        resolved = [resolve_suite(r["suite"], scale=r["scale"]) for r in self.spec["readouts"]]
+        return [r for r in resolved if r["task"] == "semantic_segmentation"]
 
     def colour_only_rows(self) -> list[dict]:
         """The colour-only floor of each linear suite and seed (benchmarks.calibration),

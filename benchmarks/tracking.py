@@ -90,8 +90,7 @@ def experiment_name(base: str, synthetic: bool, world: int | None = None) -> str
     ``<base> [synthetic world N]`` for later ones."""
     if not synthetic:
         return base
-    world = record_world({"synthetic": True, "world": world})
-    return f"{base} [synthetic]" if world == 1 else f"{base} [synthetic world {world}]"
+    return f"{base} [synthetic]" if (world or 1) == 1 else f"{base} [synthetic world {world}]"
 
 
 def record_world(record: dict) -> int | None:

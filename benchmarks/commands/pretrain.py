@@ -192,10 +192,11 @@ def write_record(out: Path, *, method: str, preset: str, videos, seconds: float)
     ckpt = read_checkpoint(checkpoint)
     meta = ckpt["meta"]
     rates = [c["pairs_per_s"] for c in curve if "pairs_per_s" in c]
+    world = world_version(videos)
     record = {"kind": "pretrain", "status": "finished", "record_id": uuid.uuid4().hex,
               "method": method, "preset": preset, "videos": str(videos),
-              "synthetic": world_version(videos) is not None,
-              "world": world_version(videos), "checkpoint": str(checkpoint.resolve()),
+              "synthetic": world is not None, "world": world,
+              "checkpoint": str(checkpoint.resolve()),
               "checkpoint_sha256": sha, "arch": ckpt["arch"],
               "epochs": meta.get("epochs"), "steps": len(curve),
               "pairs_per_s": sum(rates) / len(rates) if rates else float("nan"),

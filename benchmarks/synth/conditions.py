@@ -81,7 +81,8 @@ def draw_conditions(rng: np.random.Generator, urban: bool) -> Conditions:
         sun_rgb = np.zeros(3)
         glow = 0.0002 if urban else 0.00005  # sky glow: about 0.6 / 0.15 lux
         ambient = np.array([1.0, 0.75, 0.5]) * glow * (1 + cloud)
-        zenith, horizon = np.array([0.3, 0.3, 0.45]) * 0.00005, np.array([1.0, 0.7, 0.45]) * glow * 1.5
+        zenith = np.array([0.3, 0.3, 0.45]) * 0.00005
+        horizon = np.array([1.0, 0.7, 0.45]) * glow * 1.5
     grey = np.full(3, _luminance(horizon))
     zenith = zenith * (1 - cloud) + grey * 0.9 * cloud
     horizon = horizon * (1 - 0.5 * cloud) + grey * 0.5 * cloud

@@ -190,16 +190,14 @@ def conditions_summary(world: SyntheticWorld) -> dict:
     (world 2; empty in world 1), and each video's conditions."""
     if world.version == 1:
         return {}
-    captures = [("video", v.split, v.index) for v in world.videos]
-    captures += [(d, split, i) for d, splits in world.preset.images.items()
-                 for split, n in splits.items() for i in range(n)]
+    videos = {v.name: world.conditions("video", v.split, v.index) for v in world.videos}
+    stills = [world.conditions(d, split, i) for d, splits in world.preset.images.items()
+              for split, n in splits.items() for i in range(n)]
     counts: dict = {"time_of_day": {}, "weather": {}}
-    for capture in captures:
-        c = world.conditions(*capture)
+    for c in [*videos.values(), *stills]:
         for key in counts:
             counts[key][c[key]] = counts[key].get(c[key], 0) + 1
-    return {**counts, "videos": {v.name: world.conditions("video", v.split, v.index)
-                                 for v in world.videos}}
+    return {**counts, "videos": videos}
 
 
 def write_world(out: str | Path, preset: str = "tiny", seed: int = 0,

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import scene as S
 from . import texture as T
-from .render import box_surface
+from .render import GROUND_ID, SKY_ID, box_surface
 from .style import M_BRICK, M_GLASSWALL, M_PLASTER, M_WOOD
 
 SHADOW_CELL = 0.08  # metres, the shadow map's cell on the plane facing the sun
@@ -100,7 +100,7 @@ def sky_radiance(c, directions: np.ndarray) -> np.ndarray:
 
 def _window_mask(uv, height, footprint, seed):
     """Windows of a building face: per-building spacing and size from its texture seed."""
-    a, b = uv[:, 0], uv[:, 1]
+    a = uv[:, 0]
     seed = np.asarray(seed, np.int64)
     one = np.ones_like(seed)
     spacing = 2.2 + 1.8 * T._hash01(seed, 1 * one, 7)
@@ -207,9 +207,11 @@ def ground_albedo(points, cls, footprint, seed, st) -> np.ndarray:
         kind, colour = st.sidewalk
         fp = footprint[side]
         if kind == "pavers":
-            joints = np.maximum(T.stripes(x[side], 0.2, 0.02, fp), T.stripes(z[side], 0.1, 0.02, fp))
+            joints = np.maximum(T.stripes(x[side], 0.2, 0.02, fp),
+                                T.stripes(z[side], 0.1, 0.02, fp))
         elif kind == "concrete":
-            joints = np.maximum(T.stripes(x[side], 1.2, 0.03, fp), T.stripes(z[side], 1.2, 0.03, fp))
+            joints = np.maximum(T.stripes(x[side], 1.2, 0.03, fp),
+                                T.stripes(z[side], 1.2, 0.03, fp))
         else:
             joints = np.zeros(side.sum())
         out[side] = colour * ((1 + 0.4 * noise[side]) * (1 - 0.3 * joints))[:, None]
@@ -230,7 +232,7 @@ def shade(scene, cam, rays, depth, prim, face, points, label, lo_all, hi_all,
     albedo = np.zeros((H, W, 3))
     normal = np.zeros((H, W, 3))
     emission = np.zeros((H, W, 3))
-    g = prim == S_GROUND
+    g = prim == GROUND_ID
     albedo[g] = ground_albedo(points[g], label[g], footprint[g], scene.ground_seed, st)
     normal[g] = (0, 1.0, 0)
     boxes = scene.boxes
@@ -291,7 +293,7 @@ def shade(scene, cam, rays, depth, prim, face, points, label, lo_all, hi_all,
             [1.0, 0.97, 0.9])
         irradiance[solid] += extra
     radiance = lin * irradiance + emission
-    sky = prim == S_SKY
+    sky = prim == SKY_ID
     radiance[sky] = sky_radiance(c, rays[sky])
     if wet_road.any():
         r = rays[wet_road] / np.linalg.norm(rays[wet_road], axis=-1, keepdims=True)
@@ -308,5 +310,3 @@ def shade(scene, cam, rays, depth, prim, face, points, label, lo_all, hi_all,
     encoded += rng.normal(0, c.noise, encoded.shape)
     return np.clip(np.rint(encoded), 0, 255).astype(np.uint8)
 
-
-S_SKY, S_GROUND = -1, 0

@@ -22,6 +22,7 @@ M_BRICK, M_PLASTER, M_GLASSWALL, M_WOOD = 14, 15, 16, 17
 CAR_PAINT = (((236, 236, 232), 38), ((24, 24, 27), 19), ((108, 110, 114), 15),
              ((182, 184, 188), 10), ((34, 60, 140), 7), ((168, 26, 26), 7),
              ((140, 112, 78), 2), ((32, 90, 52), 1), ((210, 170, 52), 1))
+CAR_PAINT_COLOURS = tuple(c for c, _ in CAR_PAINT)
 PLASTER = ((238, 234, 224), (214, 200, 172), (190, 186, 180), (150, 148, 146),
            (222, 196, 160), (200, 150, 130), (170, 190, 200), (180, 200, 170),
            (230, 210, 140), (120, 110, 100), (90, 92, 96))
@@ -151,5 +152,3 @@ def restyle(scene: S.Scene, seed) -> S.Scene:
                   lamp_box=lamp_box, vehicle_light=vehicle_light, wooden=wooden)
     return replace(scene, boxes=replace(boxes, material=material, color=color), style=style)
 
-
-CAR_PAINT_COLOURS = tuple(c for c, _ in CAR_PAINT)
